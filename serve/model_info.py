@@ -1,0 +1,79 @@
+"""The export's self-description, `model.json`: written by retrain, read by serve.
+
+Only what a runtime needs is typed here (labels, the input contract, the files); everything else
+retrain records (metrics, flags, counts, library versions) rides along in `details` untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serve.preprocess import PREPROCESSING_VERSION, InputSpec
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+LABELS_TXT = "labels.txt"
+TFLITE_FILE = "model.tflite"
+SAVED_MODEL_DIR = "saved_model"
+
+
+class ModelDirError(ValueError):
+    """The directory is not a usable retrain export."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    labels: list[str]
+    input_spec: InputSpec
+    backbone: str
+    preprocessing_version: int = PREPROCESSING_VERSION
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone,
+            "labels": self.labels,
+            "input": {**self.input_spec.to_json(), "preprocessing_version": self.preprocessing_version},
+            "files": {"tflite": TFLITE_FILE, "labels": LABELS_TXT, "saved_model": SAVED_MODEL_DIR},
+            **self.details,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelInfo:
+        typed = {"format_version", "backbone", "labels", "input", "files"}
+        return cls(
+            labels=[str(label) for label in data["labels"]],
+            input_spec=InputSpec.from_json(data["input"]),
+            backbone=str(data["backbone"]),
+            preprocessing_version=int(data["input"].get("preprocessing_version", 1)),
+            details={k: v for k, v in data.items() if k not in typed},
+        )
+
+    def write(self, model_dir: str | Path) -> None:
+        directory = Path(model_dir)
+        (directory / MODEL_JSON).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        (directory / LABELS_TXT).write_text("".join(f"{label}\n" for label in self.labels))
+
+
+def read_model_info(model_dir: str | Path) -> ModelInfo:
+    """Reads and checks `model_dir/model.json`; ModelDirError with one readable line when unusable."""
+    path = Path(model_dir) / MODEL_JSON
+    try:
+        data = json.loads(path.read_text())
+        info = ModelInfo.from_json(data)
+    except FileNotFoundError as e:
+        raise ModelDirError(f"{model_dir} is not a retrain export: no {MODEL_JSON}") from e
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelDirError(f"{path} is unreadable or malformed: {e}") from e
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ModelDirError(f"{path} has format_version {data.get('format_version')}, expected {FORMAT_VERSION}")
+    if info.preprocessing_version != PREPROCESSING_VERSION:
+        raise ModelDirError(
+            f"{path} needs preprocessing version {info.preprocessing_version}; this serve has {PREPROCESSING_VERSION}"
+        )
+    if len(info.labels) < 2:
+        raise ModelDirError(f"{path} lists fewer than two labels")
+    return info

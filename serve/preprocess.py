@@ -1,0 +1,123 @@
+"""The one preprocessing function shared by retrain and serve: image bytes -> normalised pixels.
+
+Pillow + numpy only, so the serve runtime needs no TensorFlow. The steps follow the classic
+ImageNet evaluation recipe ("resize to 256, crop 224"): honour EXIF orientation, convert any
+mode to RGB, take the central square whose side is 87.5% of the shorter side (so the aspect ratio
+is kept), resize it bicubically to the backbone's input size, then apply the backbone's
+normalisation `(pixel - mean) / std`. `retrain.export` repeats these steps in TensorFlow ops, with
+the same integer rounding, for the SavedModel that TensorFlow Serving runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Bump when the steps below change: it is part of every bottleneck cache key.
+PREPROCESSING_VERSION = 1
+
+CENTRAL_FRACTION = 0.875
+
+# Decompression-bomb guard: more pixels than this is refused, not decoded (a 12k x 12k photo).
+MAX_IMAGE_PIXELS = 144_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image Pillow can decode (truncated, empty, not an image, too large)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a backbone expects: input height and width, and `(pixel - mean) / std` normalisation."""
+
+    height: int
+    width: int
+    mean: float
+    std: float
+
+    def to_json(self) -> dict:
+        return {"height": self.height, "width": self.width, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_json(cls, data: dict) -> InputSpec:
+        return cls(int(data["height"]), int(data["width"]), float(data["mean"]), float(data["std"]))
+
+
+def central_crop_box(width: int, height: int, fraction: float = CENTRAL_FRACTION) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) of the central square, `fraction` of the shorter side wide."""
+    side = max(1, int(fraction * min(width, height)))
+    left, top = (width - side + 1) // 2, (height - side + 1) // 2
+    return left, top, left + side, top + side
+
+
+def decode_image(data: bytes, target_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decodes encoded image bytes to an upright RGB Pillow image.
+
+    `target_size` (width, height) lets JPEG decoding use draft mode: the DCT scales a large photo
+    down by 2, 4 or 8 while decoding, never below twice the target, which is much faster and does
+    not change what the bicubic resize produces in any visible way.
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageDecodeError(f"image is {image.width}x{image.height} pixels, more than {MAX_IMAGE_PIXELS:,}")
+            if target_size is not None and image.format == "JPEG":
+                image.draft("RGB", (2 * target_size[0], 2 * target_size[1]))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(str(e) or type(e).__name__) from e
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white, 16-bit is scaled down."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        pixels = np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_for_model(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """Central crop + bicubic resize to the spec's size: uint8 array of shape (height, width, 3)."""
+    box = central_crop_box(image.width, image.height)
+    resized = image.resize((spec.width, spec.height), Image.Resampling.BICUBIC, box=box)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 pixels to the float32 values the backbone was trained on."""
+    return (pixels.astype(np.float32) - np.float32(spec.mean)) / np.float32(spec.std)
+
+
+def preprocess(data: bytes, spec: InputSpec) -> np.ndarray:
+    """Encoded image bytes -> float32 array (height, width, 3), ready for the backbone."""
+    image = decode_image(data, target_size=(spec.width, spec.height))
+    return normalize(resize_for_model(image, spec), spec)
+
+
+def preprocess_file(path: str | os.PathLike, spec: InputSpec) -> np.ndarray:
+    """`preprocess` for a file on disk."""
+    with open(path, "rb") as f:
+        return preprocess(f.read(), spec)

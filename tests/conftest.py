@@ -1,0 +1,40 @@
+"""Shared fixtures: small real image sets made from the bundled digits, and helpers to make bad files."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "image_dirs" / "digits"
+
+
+def copy_digits(destination: Path, labels: list[str], per_class: int | None = None) -> Path:
+    """A copy of some digit classes (the first `per_class` files of each) under `destination`."""
+    for label in labels:
+        files = sorted((DIGITS / label).glob("*.png"))[:per_class]
+        (destination / label).mkdir(parents=True, exist_ok=True)
+        for file in files:
+            shutil.copy(file, destination / label / file.name)
+    return destination
+
+
+def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
+    """A real JPEG of random smooth colour, for tests that need photo-like files."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, size=(4, 4, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def tiny_digits(tmp_path: Path) -> Path:
+    """Three digit classes, 12 images each: enough to train and export quickly."""
+    return copy_digits(tmp_path / "digits", ["0", "1", "7"], per_class=12)

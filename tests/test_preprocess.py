@@ -1,0 +1,108 @@
+"""The one preprocessing function: modes, orientation, crop, draft mode, and undecodable files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.preprocess import (
+    ImageDecodeError,
+    InputSpec,
+    central_crop_box,
+    decode_image,
+    preprocess,
+    resize_for_model,
+)
+
+from .conftest import DIGITS, jpeg_bytes
+
+SPEC = InputSpec(height=32, width=32, mean=127.0, std=128.0)
+
+
+def _encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (20, 10), (255, 0, 0, 128)),
+        Image.new("P", (20, 10), 3),
+        Image.new("L", (20, 10), 200),
+        Image.new("LA", (20, 10), (10, 255)),
+        Image.fromarray(np.full((10, 20), 40000, dtype=np.uint16)),
+    ],
+    ids=["RGBA", "P", "L", "LA", "I;16"],
+)
+def test_any_mode_becomes_rgb(image: Image.Image) -> None:
+    pixels = preprocess(_encode(image), SPEC)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.float32
+    assert pixels.min() >= -1.0 and pixels.max() <= 1.0
+
+
+def test_cmyk_jpeg_and_sixteen_bit_levels() -> None:
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK
+    red = decode_image(_encode(cmyk, "JPEG"))
+    assert red.mode == "RGB" and red.getpixel((8, 8))[0] > 200 and red.getpixel((8, 8))[1] < 60
+    gray16 = decode_image(_encode(Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))))
+    assert gray16.getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_transparency_is_composited_on_white() -> None:
+    clear = decode_image(_encode(Image.new("RGBA", (4, 4), (0, 0, 0, 0))))
+    assert clear.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied() -> None:
+    wide = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    upright = decode_image(_encode(wide, "JPEG", exif=exif.tobytes()))
+    assert upright.size == (20, 40)
+
+
+def test_central_crop_matches_tensorflow_rounding() -> None:
+    import tensorflow as tf
+
+    for height, width in [(8, 8), (375, 500), (33, 17), (224, 224)]:
+        left, top, right, bottom = central_crop_box(width, height)
+        cropped = tf.image.central_crop(tf.zeros([height, width, 3]), 0.875)
+        assert (bottom - top, right - left) == tuple(cropped.shape[:2])
+
+
+def test_digits_are_upscaled_without_crop_and_normalised() -> None:
+    data = (DIGITS / "0" / "digit_0000.png").read_bytes()
+    spec = InputSpec(224, 224, 127.0, 128.0)
+    raw = resize_for_model(decode_image(data), spec)
+    assert raw.shape == (224, 224, 3) and raw.dtype == np.uint8
+    np.testing.assert_allclose(preprocess(data, spec), (raw.astype(np.float32) - 127) / 128)
+
+
+def test_draft_mode_on_a_large_photo_gives_nearly_the_same_pixels() -> None:
+    data = jpeg_bytes(2000, 1500, seed=3)
+    drafted = resize_for_model(decode_image(data, target_size=(224, 224)), InputSpec(224, 224, 0, 1))
+    full = resize_for_model(decode_image(data), InputSpec(224, 224, 0, 1))
+    assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"this is a text file named photo.jpg\n", jpeg_bytes()[:200], b"\x89PNG\r\n\x1a\n" + b"\0" * 40],
+    ids=["empty", "text", "truncated-jpeg", "broken-png"],
+)
+def test_undecodable_bytes_raise_image_decode_error(data: bytes) -> None:
+    with pytest.raises(ImageDecodeError):
+        preprocess(data, SPEC)
+
+
+def test_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import serve.preprocess
+
+    monkeypatch.setattr(serve.preprocess, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageDecodeError, match="more than"):
+        preprocess(_encode(Image.new("L", (100, 100))), SPEC)
