@@ -158,10 +158,17 @@ class _Classifier(tf.Module):
 def decode_and_preprocess(data: tf.Tensor, spec: InputSpec) -> tf.Tensor:
     """`serve.preprocess.preprocess` in TensorFlow ops, for the SavedModel's bytes signature.
 
-    Same integer central square crop, bicubic (Keys a=-0.5, antialiased like Pillow) resize, rounding to
-    8-bit and normalisation. EXIF orientation and alpha compositing are Pillow-only refinements.
+    Same JPEG DCT, integer central square crop, float bicubic resize (Keys a=-0.5, antialiased
+    like Pillow), rounding to 8-bit and normalisation: the pixels are identical for PNG and for
+    JPEGs small enough that Pillow's draft mode does not apply. EXIF orientation, alpha
+    compositing and draft mode are Pillow-only.
     """
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        # Pillow's libjpeg uses the accurate integer DCT; TensorFlow's default is the fast one.
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     side = tf.maximum(1, tf.cast(CENTRAL_FRACTION * tf.cast(tf.minimum(height, width), tf.float32), tf.int32))
     image = tf.slice(image, [(height - side + 1) // 2, (width - side + 1) // 2, 0], [side, side, 3])

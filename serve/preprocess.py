@@ -101,9 +101,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def resize_for_model(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """Central crop + bicubic resize to the spec's size: uint8 array of shape (height, width, 3)."""
-    box = central_crop_box(image.width, image.height)
-    resized = image.resize((spec.width, spec.height), Image.Resampling.BICUBIC, box=box)
-    return np.asarray(resized, dtype=np.uint8)
+    # Crop, then resize each channel in float and round once at the end. This is what
+    # TensorFlow's resize does (the SavedModel's path), so both give the same pixels; Pillow's
+    # 8-bit resize would round and clip between its horizontal and vertical passes.
+    cropped = image.crop(central_crop_box(image.width, image.height))
+    size = (spec.width, spec.height)
+    channels = [np.asarray(band.convert("F").resize(size, Image.Resampling.BICUBIC)) for band in cropped.split()]
+    return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
 
 
 def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
