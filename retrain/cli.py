@@ -20,6 +20,12 @@ from retrain.quiet import import_tensorflow_quietly
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--image_dir", help="Folder with one sub-folder of images per label.")
 @click.option("--output_dir", help="Where to export the model.  [default: models/<timestamp>, and models/latest]")
+@click.option(
+    "--models_dir",
+    default="models",
+    show_default=True,
+    help="Parent of the default --output_dir; its `latest` link points at the newest export.",
+)
 @click.option("--bottleneck_dir", help="Bottleneck cache.  [default: ~/.cache/retrain/bottlenecks]")
 @click.option(
     "--architecture",
@@ -94,8 +100,15 @@ def _fail(code: int, message: str, verbose: bool) -> None:
     sys.exit(code)
 
 
+class _LowercaseLevelFormatter(logging.Formatter):
+    """`retrain: warning: ...`, in the style of the error line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(logging.makeLogRecord({**record.__dict__, "levelname": record.levelname.lower()}))
+
+
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="retrain: %(levelname)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LowercaseLevelFormatter("retrain: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     logging.getLogger("retrain").setLevel(logging.INFO)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from retrain import __version__, report
-from retrain.backbones import DEFAULT_ARCHITECTURE, Backbone, load_backbone
+from retrain.backbones import DEFAULT_ARCHITECTURE, Backbone, load_backbone, registered
 from retrain.cache import BottleneckCache
 from retrain.errors import RetrainError
 from retrain.export import check_creatable, check_output_dir, default_output_dir, export_model
@@ -71,13 +71,15 @@ def run(config: RetrainConfig) -> RunResult:
     """Runs the whole job; RetrainError for anything the user can fix, raised before heavy work."""
     started = time.monotonic()
     image_set = discover(config.image_dir, config.validation_percentage, config.testing_percentage)
-    report.image_set_summary(image_set)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config.models_dir)
     check_output_dir(output_dir)
     if config.saved_model_dir:
         check_creatable(config.saved_model_dir, "--saved_model_dir")
     if config.output_labels:
         check_creatable(config.output_labels, "--output_labels")
+    if not config.tfhub_module:
+        registered(config.architecture)
+    report.image_set_summary(image_set)
 
     backbone = load_backbone(config.architecture, config.weights_file, config.tfhub_module, config.image_size)
     report.backbone_summary(backbone)

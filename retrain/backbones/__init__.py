@@ -7,9 +7,11 @@ normalised images (N, H, W, 3) to feature vectors (N, D). Adding one is an entry
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from retrain.errors import RetrainError
 from serve.preprocess import InputSpec
 
 
@@ -54,6 +56,14 @@ def available_architectures() -> list[str]:
     return sorted(BACKBONES)
 
 
+def registered(architecture: str) -> BackboneSpec:
+    """The registry entry for `--architecture`, or a RetrainError that lists the choices."""
+    _register_builtins()
+    if architecture not in BACKBONES:
+        raise RetrainError(f"unknown --architecture {architecture!r}; choose from {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[architecture]
+
+
 def load_backbone(
     architecture: str = DEFAULT_ARCHITECTURE,
     weights_file: str | None = None,
@@ -61,16 +71,11 @@ def load_backbone(
     image_size: int | None = None,
 ) -> Backbone:
     """Builds the chosen backbone: a registry entry by name, or a TF Hub feature-vector module."""
-    from retrain.errors import RetrainError
-
     if tfhub_module:
         from retrain.backbones.tfhub import load_tfhub_backbone
 
         return load_tfhub_backbone(tfhub_module, image_size)
-    _register_builtins()
-    if architecture not in BACKBONES:
-        raise RetrainError(f"unknown --architecture {architecture!r}; choose from {', '.join(sorted(BACKBONES))}")
-    spec = BACKBONES[architecture]
+    spec = registered(architecture)
     model = spec.build(weights_file)
     weights_id = f"file-{_file_digest(weights_file)}" if weights_file else "imagenet"
     return Backbone(
@@ -83,10 +88,6 @@ def load_backbone(
 
 
 def _file_digest(path: str) -> str:
-    import hashlib
-
-    from retrain.errors import RetrainError
-
     try:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()[:16]

@@ -1,0 +1,349 @@
+"""Bottleneck extraction throughput against two baselines: the bare forward pass and a per-image loop.
+
+Run: `.venv/bin/python bench/bottlenecks.py` (or `make bench`). For the bundled digits and for
+photo-sized JPEGs generated on the fly it measures, on the same images:
+
+  forward     the backbone alone on pre-decoded batches (the ceiling extraction can reach);
+  end-to-end  `retrain.extract.compute_bottlenecks` into a cold cache (decode -> forward -> write);
+  per-image   retrain.py's shape: read, preprocess, forward a batch of one, `cache.put`, no threads;
+
+and checks the targets: end-to-end >= 0.8x forward on digits, >= 0.7x on photos, >= 1.5x the
+per-image loop on both. All three use one traced forward function, warmed up on every batch shape
+they will see, so the rates compare steady states; the one-time trace cost is printed separately.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from unittest import mock
+
+import click
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+if TYPE_CHECKING:
+    from retrain.backbones import Backbone
+    from serve.preprocess import InputSpec
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_DIR = REPO / "image_dirs" / "digits"
+RESULTS_DIR = REPO / "bench" / "results"
+
+PHOTO_SIZE = (500, 375)  # (width, height): a typical web / ImageNet-sized photo
+PHOTO_QUALITY = 90
+
+# (image set, ratio name, minimum): what "extraction is fast enough" means.
+TARGETS = (
+    ("digits", "e2e/forward", 0.8),
+    ("photos", "e2e/forward", 0.7),
+    ("digits", "e2e/per-image", 1.5),
+    ("photos", "e2e/per-image", 1.5),
+)
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class SetResult:
+    """Rates (images/s, median over repeats) for one image set; `runs` keeps every repeat's rate."""
+
+    name: str
+    images: int
+    mean_file_kb: float
+    decode_1_thread: float
+    forward: float
+    end_to_end: float
+    per_image: float
+    per_image_images: int
+    runs: dict[str, list[float]] = field(default_factory=dict)
+
+    def ratios(self) -> dict[str, float]:
+        return {"e2e/forward": self.end_to_end / self.forward, "e2e/per-image": self.end_to_end / self.per_image}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--photos", default=300, show_default=True, type=click.IntRange(min=1), help="Generated JPEGs.")
+@click.option("--digits", type=click.IntRange(min=1), help="Evenly spaced subset of the digits.  [default: all]")
+@click.option("--batch_size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Runs per rate; median.")
+@click.option("--per_image", default=200, show_default=True, type=click.IntRange(min=1), help="Images in the loop.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated photos.")
+@click.option("--json", "write_json", is_flag=True, help="Also write the results to bench/results/.")
+def main(
+    photos: int, digits: int | None, batch_size: int, repeat: int, per_image: int, seed: int, write_json: bool
+) -> None:
+    """Prints extraction throughput on digits and photos, its ratios, and PASS/MISS per target."""
+    started = time.perf_counter()
+    from retrain.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    import tensorflow as tf
+
+    from retrain import extract
+    from retrain.backbones import load_backbone
+
+    backbone = load_backbone()
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(_machine(tf.__version__, backbone.name))
+
+    trace_seconds, forward = _trace(extract._forward_function, backbone, batch_size)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-bottlenecks-") as tmp:
+        photo_dir = Path(tmp) / "photos"
+        sets = {"digits": _digit_paths(digits), "photos": _make_photos(photo_dir, photos, seed)}
+        for name, paths in sets.items():
+            # compute_bottlenecks builds its own tf.function per call; hand it the warm one instead.
+            with mock.patch.object(extract, "_forward_function", lambda _: forward):
+                results.append(_bench_set(name, paths, backbone, forward, batch_size, repeat, per_image, Path(tmp)))
+
+    elapsed = time.perf_counter() - started
+    print()
+    _print_table(results)
+    print()
+    print(
+        f"note: compute_bottlenecks traces a new tf.function on every call; trace + first batch took "
+        f"{trace_seconds:.2f}s here (not in the rates above, which reuse one warm trace)."
+    )
+    print()
+    verdicts = _print_targets(results)
+    print(f"\ntotal run time: {elapsed:.0f}s")
+    if write_json:
+        path = _write_json(results, verdicts, tf.__version__, backbone.name, batch_size, repeat, trace_seconds, elapsed)
+        print(f"results written to {path.relative_to(REPO)}")
+
+
+def _trace(make_forward: Callable[[Backbone], Forward], backbone: Backbone, batch_size: int) -> tuple[float, Forward]:
+    """One traced forward function, and what tracing it + its first batch costs (paid per extraction call)."""
+    spec = backbone.input_spec
+    batch = np.zeros((batch_size, spec.height, spec.width, 3), dtype=np.float32)
+    started = time.perf_counter()
+    forward = make_forward(backbone)
+    forward(batch)
+    return time.perf_counter() - started, forward
+
+
+def _warm_up(forward: Forward, spec: InputSpec, sizes: set[int]) -> None:
+    """oneDNN builds kernels per batch shape on first use; a few calls each keeps that out of the timing."""
+    for size in sorted(sizes):
+        batch = np.zeros((size, spec.height, spec.width, 3), dtype=np.float32)
+        for _ in range(3):
+            forward(batch)
+
+
+def _bench_set(
+    name: str,
+    paths: list[Path],
+    backbone: Backbone,
+    forward: Forward,
+    batch_size: int,
+    repeat: int,
+    per_image: int,
+    tmp: Path,
+) -> SetResult:
+    """The three rates for one image set, each a median over `repeat` runs."""
+    from retrain.cache import BottleneckCache
+    from retrain.extract import compute_bottlenecks
+    from serve.preprocess import preprocess
+
+    spec = backbone.input_spec
+    count = len(paths)
+    print(f"\n[{name}] {count} images", flush=True)
+    tail = count % batch_size
+    _warm_up(forward, spec, {batch_size, 1} | ({tail} if tail else set()))
+
+    started = time.perf_counter()
+    pixels = np.stack([preprocess(path.read_bytes(), spec) for path in paths])
+    decode_rate = count / (time.perf_counter() - started)
+    batches = [pixels[i : i + batch_size] for i in range(0, count, batch_size)]
+    reference = np.concatenate([forward(batch) for batch in batches])
+
+    def new_cache(label: str) -> BottleneckCache:
+        root = Path(tempfile.mkdtemp(prefix=f"{name}-{label}-", dir=tmp))
+        return BottleneckCache(root, backbone.cache_id, backbone.feature_dim)
+
+    def run_forward() -> float:
+        started = time.perf_counter()
+        for batch in batches:
+            forward(batch)
+        return count / (time.perf_counter() - started)
+
+    def run_end_to_end() -> float:
+        cache = new_cache("e2e")
+        started = time.perf_counter()
+        vectors, ok, stats = compute_bottlenecks(paths, backbone, cache, batch_size=batch_size)
+        rate = count / (time.perf_counter() - started)
+        if not ok.all() or stats.computed != count or stats.cached:
+            raise RuntimeError(f"{name}: extraction computed {stats.computed} of {count} ({stats.cached} cached)")
+        if not np.allclose(vectors, reference, atol=1e-3):
+            raise RuntimeError(f"{name}: extracted vectors differ from the forward pass on pre-decoded pixels")
+        return rate
+
+    loop_paths = _evenly(paths, per_image)
+
+    def run_per_image() -> float:
+        from retrain.cache import image_digest
+
+        cache = new_cache("loop")
+        started = time.perf_counter()
+        for path in loop_paths:
+            data = path.read_bytes()
+            key = cache.key(image_digest(data))
+            cache.put(key, forward(preprocess(data, spec)[np.newaxis])[0])
+        return len(loop_paths) / (time.perf_counter() - started)
+
+    runs: dict[str, list[float]] = {"forward": [], "end_to_end": [], "per_image": []}
+    for _ in range(repeat):
+        for key, run in (("forward", run_forward), ("end_to_end", run_end_to_end), ("per_image", run_per_image)):
+            runs[key].append(run())
+            print(f"  {key:<11} {runs[key][-1]:7.1f} img/s", flush=True)
+    return SetResult(
+        name=name,
+        images=count,
+        mean_file_kb=statistics.fmean(path.stat().st_size for path in paths) / 1024,
+        decode_1_thread=decode_rate,
+        forward=statistics.median(runs["forward"]),
+        end_to_end=statistics.median(runs["end_to_end"]),
+        per_image=statistics.median(runs["per_image"]),
+        per_image_images=len(loop_paths),
+        runs=runs,
+    )
+
+
+def _evenly(paths: Sequence[Path], count: int | None) -> list[Path]:
+    """`count` paths spread over the whole list (every class, not just the first), in order."""
+    if count is None or count >= len(paths):
+        return list(paths)
+    return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, count)]
+
+
+def _digit_paths(count: int | None) -> list[Path]:
+    paths = sorted(DIGITS_DIR.glob("*/*.png"))
+    if not paths:
+        raise click.ClickException(f"no digits under {DIGITS_DIR}")
+    return _evenly(paths, count)
+
+
+def _make_photos(folder: Path, count: int, seed: int) -> list[Path]:
+    """Deterministic photo-like JPEGs, so decoding costs what a real photo of that size costs."""
+    folder.mkdir(parents=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"photo_{index:04d}.jpg"
+        _photo(np.random.default_rng([seed, index])).save(path, "JPEG", quality=PHOTO_QUALITY)
+        paths.append(path)
+    return paths
+
+
+def _photo(rng: np.random.Generator) -> Image.Image:
+    """Smooth colour field + soft-edged shapes + sensor-like noise: gradients, edges and texture."""
+    width, height = PHOTO_SIZE
+    grid = rng.integers(0, 256, size=(int(rng.integers(3, 7)), int(rng.integers(4, 9)), 3), dtype=np.uint8)
+    image = Image.fromarray(grid).resize(PHOTO_SIZE, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(5, 15))):
+        x0, x1 = sorted(int(v) for v in rng.integers(-50, width + 50, size=2))
+        y0, y1 = sorted(int(v) for v in rng.integers(-50, height + 50, size=2))
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        shape = int(rng.integers(3))
+        if shape == 0:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+        elif shape == 1:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+        else:
+            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(2, 12)))
+    image = image.filter(ImageFilter.GaussianBlur(radius=1.2))
+    noise = rng.normal(0.0, 5.0, size=(height, width, 1)) + rng.normal(0.0, 2.0, size=(height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def _machine(tf_version: str, backbone: str) -> str:
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    return (
+        f"machine: {_cpu_model()}, {cores} cores ({usable} usable), {platform.system()} {platform.machine()}\n"
+        f"software: Python {platform.python_version()}, TensorFlow {tf_version}, numpy {np.__version__}, "
+        f"Pillow {Image.__version__}; backbone {backbone}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _print_table(results: list[SetResult]) -> None:
+    header = (
+        f"{'set':<7} {'images':>6} {'KB/img':>7} {'decode 1thr':>11} {'forward':>8} {'end-to-end':>10} "
+        f"{'per-image':>9} {'e2e/fwd':>7} {'e2e/loop':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        ratios = r.ratios()
+        print(
+            f"{r.name:<7} {r.images:>6} {r.mean_file_kb:>7.1f} {r.decode_1_thread:>11.0f} {r.forward:>8.1f} "
+            f"{r.end_to_end:>10.1f} {r.per_image:>9.1f} {ratios['e2e/forward']:>7.2f} {ratios['e2e/per-image']:>8.2f}"
+        )
+    print(
+        f"rates in images/s, median of {len(results[0].runs['forward'])} run(s); per-image loop on "
+        + ", ".join(f"{r.per_image_images} {r.name}" for r in results)
+    )
+
+
+def _print_targets(results: list[SetResult]) -> list[dict]:
+    by_name = {r.name: r for r in results}
+    verdicts = []
+    for name, ratio, minimum in TARGETS:
+        value = by_name[name].ratios()[ratio]
+        verdict = "PASS" if value >= minimum else "MISS"
+        verdicts.append({"set": name, "ratio": ratio, "minimum": minimum, "value": value, "verdict": verdict})
+        print(f"{verdict}  {name:<7} {ratio:<14} {value:5.2f}  (target >= {minimum})")
+    return verdicts
+
+
+def _write_json(
+    results: list[SetResult],
+    verdicts: list[dict],
+    tf_version: str,
+    backbone: str,
+    batch_size: int,
+    repeat: int,
+    trace_seconds: float,
+    elapsed: float,
+) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"bottlenecks-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    document = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "versions": {"python": platform.python_version(), "tensorflow": tf_version, "pillow": Image.__version__},
+        "backbone": backbone,
+        "batch_size": batch_size,
+        "repeat": repeat,
+        "trace_seconds": trace_seconds,
+        "elapsed_seconds": elapsed,
+        "sets": [{**asdict(r), "ratios": r.ratios()} for r in results],
+        "targets": verdicts,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    main()

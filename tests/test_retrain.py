@@ -1,0 +1,285 @@
+"""retrain end to end on the bundled digits: accuracy, the cache, export agreement, bad input.
+
+These run the real default backbone (EfficientNet-Lite0 with converted ImageNet weights) on real
+image files; the full-digits run is the `make demo` job and is shared by the tests below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrain.pipeline import RetrainConfig, RunResult, run
+from retrain.train import HParams
+
+from .conftest import DIGITS, REPO, copy_digits, jpeg_bytes
+
+RETRAIN = [sys.executable, "-m", "retrain"]
+
+
+def retrain_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the real command line in a fresh process, as a user would."""
+    return subprocess.run([*RETRAIN, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, str, Path]:
+    """The demo job: all 1,797 digits, default flags, a fresh bottleneck cache."""
+    root = tmp_path_factory.mktemp("digits_run")
+    config = RetrainConfig(image_dir=str(DIGITS), models_dir=str(root / "models"), bottleneck_dir=str(root / "cache"))
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        result = run(config)
+    return result, log.getvalue(), root
+
+
+def test_demo_reaches_85_percent_and_prints_retrain_py_lines(digits_run) -> None:
+    result, log, _root = digits_run
+    assert result.extraction.computed == 1797 and result.extraction.cached == 0
+    assert result.test_accuracy is not None and result.test_accuracy >= 0.85
+    for line in ("Step 0: Train accuracy = ", "Step 3999: Cross entropy = ", "Step 3990: Validation accuracy = "):
+        assert line in log
+    assert f"Final test accuracy = {result.test_accuracy * 100:.1f}% (N={result.test_count})" in log
+    assert log.count("Validation accuracy") == 401  # every 10 steps and the last, as in retrain.py
+
+
+def test_export_layout_model_json_and_latest_link(digits_run) -> None:
+    result, _, root = digits_run
+    export = result.output_dir
+    assert export.parent == root / "models" and (root / "models" / "latest").resolve() == export.resolve()
+    assert {p.name for p in export.iterdir()} == {"labels.txt", "model.json", "model.tflite", "saved_model"}
+    assert (export / "labels.txt").read_text().split() == [str(d) for d in range(10)]
+    info = json.loads((export / "model.json").read_text())
+    assert info["backbone"] == "efficientnet_lite0@imagenet"
+    assert info["input"] == {"height": 224, "width": 224, "mean": 127.0, "std": 128.0, "preprocessing_version": 1}
+    assert info["metrics"]["test_accuracy"] == result.test_accuracy
+    assert info["counts"]["skipped_images"] == 0 and sum(info["counts"]["per_class"].values()) == 1797
+    assert info["flags"]["how_many_training_steps"] == 4000 and info["versions"]["tensorflow"]
+    assert not [p for p in export.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def _test_images(result: RunResult) -> tuple[list[Path], np.ndarray]:
+    """The test split's files and the in-process model's top-1 on them (head on cached bottlenecks)."""
+    from retrain.backbones import load_backbone
+    from retrain.cache import BottleneckCache
+    from retrain.extract import compute_bottlenecks
+    from retrain.images import discover
+
+    image_set = discover(DIGITS)
+    paths = [e.path for e in image_set.splits["testing"]]
+    backbone = load_backbone()
+    info = json.loads((result.output_dir / "model.json").read_text())
+    cache = BottleneckCache(info["flags"]["bottleneck_dir"], backbone.cache_id, backbone.feature_dim)
+    vectors, ok, stats = compute_bottlenecks(paths, backbone, cache)
+    assert ok.all() and stats.computed == 0
+    return paths, np.argmax(result.head.probabilities(vectors), axis=1)
+
+
+def test_tflite_and_savedmodel_agree_with_the_in_process_model(digits_run) -> None:
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from serve.preprocess import InputSpec, preprocess
+
+    result, _, _ = digits_run
+    paths, expected = _test_images(result)
+    spec = InputSpec.from_json(json.loads((result.output_dir / "model.json").read_text())["input"])
+
+    runner = Interpreter(model_path=str(result.output_dir / "model.tflite")).get_signature_runner("classify_pixels")
+    pixels = np.stack([preprocess(p.read_bytes(), spec) for p in paths])
+    tflite_top1 = np.concatenate(
+        [runner(images=pixels[i : i + 32])["scores"].argmax(1) for i in range(0, len(paths), 32)]
+    )
+
+    serving = tf.saved_model.load(str(result.output_dir / "saved_model")).signatures["serving_default"]
+    outputs = serving(image_bytes=tf.constant([p.read_bytes() for p in paths]))
+    saved_top1 = outputs["scores"].numpy().argmax(1)
+    assert outputs["classes"].numpy()[0].tolist() == [str(d).encode() for d in range(10)]
+
+    assert np.mean(tflite_top1 == expected) >= 0.99
+    assert np.mean(saved_top1 == expected) >= 0.99
+
+
+def test_second_run_does_no_forward_passes(digits_run, tmp_path: Path) -> None:
+    _result, _, root = digits_run
+    completed = retrain_cli(
+        "--image_dir",
+        str(DIGITS),
+        "--bottleneck_dir",
+        str(root / "cache"),
+        "--output_dir",
+        str(tmp_path / "again"),
+        "--how_many_training_steps",
+        "100",
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Bottlenecks: 1797 from cache, 0 computed" in completed.stdout
+    assert "Final test accuracy = " in completed.stdout and (tmp_path / "again" / "model.tflite").is_file()
+    assert completed.stderr == ""
+
+
+def test_killed_extraction_resumes_with_correct_vectors(digits_run, tmp_path: Path) -> None:
+    """SIGKILL mid-extraction, restart: finished entries are reused, and every vector is right."""
+    _result, _, root = digits_run
+    images = copy_digits(tmp_path / "images", ["2", "5", "8"], per_class=100)
+    cache = tmp_path / "cache"
+    args = [
+        "--image_dir",
+        str(images),
+        "--bottleneck_dir",
+        str(cache),
+        "--how_many_training_steps",
+        "20",
+        "--extraction_batch_size",
+        "4",
+        "--output_dir",
+        str(tmp_path / "model"),
+    ]
+    process = subprocess.Popen([*RETRAIN, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(cache.rglob("*.npy"))) < 40 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done_before = len([p for p in cache.rglob("*.npy") if not p.name.startswith(".tmp-")])
+    assert 0 < done_before < 300 and not (tmp_path / "model").exists()
+
+    completed = retrain_cli(*args)
+    assert completed.returncode == 0, completed.stderr
+    assert f"Bottlenecks: {done_before} from cache, {300 - done_before} computed" in completed.stdout
+    resumed = {p.name: np.load(p) for p in cache.rglob("*.npy") if not p.name.startswith(".tmp-")}
+    reference = {p.name: np.load(p) for p in (root / "cache").rglob("*.npy")}
+    assert len(resumed) == 300 and set(resumed) <= set(reference)
+    for name, vector in resumed.items():
+        np.testing.assert_allclose(vector, reference[name], atol=1e-4)
+
+
+def test_undecodable_images_are_skipped_and_named(tmp_path: Path) -> None:
+    images = copy_digits(tmp_path / "images", ["3", "4"], per_class=15)
+    bad = {
+        images / "3" / "truncated.jpg": jpeg_bytes(64, 64)[:300],
+        images / "3" / "empty.png": b"",
+        images / "4" / "notes.jpg": b"this is text, not a photo\n",
+    }
+    for path, data in bad.items():
+        path.write_bytes(data)
+    completed = retrain_cli(
+        "--image_dir",
+        str(images),
+        "--bottleneck_dir",
+        str(tmp_path / "cache"),
+        "--output_dir",
+        str(tmp_path / "m"),
+        "--how_many_training_steps",
+        "30",
+        "--print_misclassified_test_images",
+    )
+    assert completed.returncode == 0, completed.stderr
+    for path in bad:
+        assert f"skipping {path}" in completed.stderr
+    assert "3 skipped" in completed.stdout and "=== MISCLASSIFIED TEST IMAGES ===" in completed.stdout
+    counts = json.loads((tmp_path / "m" / "model.json").read_text())["counts"]
+    assert counts["skipped_images"] == 3 and sorted(counts["skipped_files"]) == sorted(map(str, bad))
+
+
+def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    one_class = copy_digits(tmp_path / "one", ["1"], per_class=5)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    digits = copy_digits(tmp_path / "two", ["0", "1"], per_class=5)
+    return {
+        "missing-flag": ([], "--image_dir is required"),
+        "no-such-dir": (["--image_dir", str(tmp_path / "nope")], "does not exist"),
+        "no-class-folders": (["--image_dir", str(tmp_path / "empty")], "no class folders"),
+        "single-class": (["--image_dir", str(one_class)], "only one class"),
+        "unwritable-output": (
+            ["--image_dir", str(digits), "--output_dir", str(tmp_path / "a_file" / "model")],
+            "cannot be created",
+        ),
+        "bad-flag-value": (["--image_dir", str(digits), "--how_many_training_steps", "0"], "how_many_training_steps"),
+        "unknown-architecture": (["--image_dir", str(digits), "--architecture", "alexnet"], "unknown --architecture"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing-flag",
+        "no-such-dir",
+        "no-class-folders",
+        "single-class",
+        "unwritable-output",
+        "bad-flag-value",
+        "unknown-architecture",
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case: str, tmp_path: Path) -> None:
+    args, message = _bad_input_cases(tmp_path)[case]
+    before = sorted(tmp_path.rglob("*"))
+    cache = tmp_path / "cache"
+    completed = retrain_cli(*args, "--bottleneck_dir", str(cache), "--models_dir", str(tmp_path / "models"))
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1 and completed.stderr.startswith("retrain: error: ")
+    assert message in completed.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # no model, no cache, no staging folder
+
+
+def test_tfhub_module_backbone_trains_and_exports(tmp_path: Path) -> None:
+    """Any SavedModel feature-vector module works as a backbone, through to a TFLite export."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .test_backbones_download import _save_tiny
+
+    module_dir = tmp_path / "module"
+    _save_tiny(module_dir, size=None)
+    images = copy_digits(tmp_path / "images", ["0", "1"], per_class=10)
+    config = RetrainConfig(
+        image_dir=str(images),
+        output_dir=str(tmp_path / "model"),
+        bottleneck_dir=str(tmp_path / "cache"),
+        tfhub_module=str(module_dir),
+        image_size=64,
+        hparams=HParams(how_many_training_steps=20),
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = run(config)
+    info = json.loads((result.output_dir / "model.json").read_text())
+    assert info["backbone"].startswith("tfhub:") and info["input"]["height"] == 64 and info["input"]["std"] == 255.0
+    runner = Interpreter(model_path=str(result.output_dir / "model.tflite")).get_signature_runner("classify_pixels")
+    scores = runner(images=np.zeros((3, 64, 64, 3), np.float32))["scores"]
+    assert scores.shape == (3, 2) and np.allclose(scores.sum(1), 1, atol=1e-5)
+
+
+def test_cli_help_lists_retrain_py_flags() -> None:
+    completed = retrain_cli("--help")
+    assert completed.returncode == 0
+    for flag in (
+        "--image_dir",
+        "--how_many_training_steps",
+        "--train_batch_size",
+        "--learning_rate",
+        "--testing_percentage",
+        "--validation_percentage",
+        "--eval_step_interval",
+        "--bottleneck_dir",
+        "--tfhub_module",
+        "--saved_model_dir",
+        "--output_labels",
+        "--print_misclassified_test_images",
+        "--summaries_dir",
+        "--random_seed",
+        "--architecture",
+    ):
+        assert flag in completed.stdout
+    assert os.environ.get("CI") is None or completed.stderr == ""
