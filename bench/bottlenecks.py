@@ -54,6 +54,35 @@ TARGETS = (
 Forward = Callable[[np.ndarray], np.ndarray]
 
 
+class OtherLoad:
+    """CPU that other processes (or the hypervisor, as steal) used while a block ran, in cores.
+
+    The rates only mean something on an otherwise idle machine; this says whether it was one.
+    """
+
+    def __init__(self) -> None:
+        self.cores = 0.0
+
+    def __enter__(self) -> OtherLoad:
+        self._start = _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (busy0, own0, wall0), (busy1, own1, wall1) = self._start, _cpu_seconds()
+        self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9)
+
+
+def _cpu_seconds() -> tuple[float, float, float]:
+    """(busy CPU seconds of the whole machine, of this process, wall clock); busy is 0 off Linux."""
+    own = sum(os.times()[:2])
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return own, own, time.perf_counter()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own, time.perf_counter()
+
+
 @dataclass
 class SetResult:
     """Rates (images/s, median over repeats) for one image set; `runs` keeps every repeat's rate."""
@@ -67,6 +96,7 @@ class SetResult:
     per_image: float
     per_image_images: int
     runs: dict[str, list[float]] = field(default_factory=dict)
+    other_load: dict[str, list[float]] = field(default_factory=dict)  # cores used by other processes, per run
 
     def ratios(self) -> dict[str, float]:
         return {"e2e/forward": self.end_to_end / self.forward, "e2e/per-image": self.end_to_end / self.per_image}
@@ -99,7 +129,7 @@ def main(
 
     trace_seconds, forward = _trace(extract._forward_function, backbone, batch_size)
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-bottlenecks-") as tmp:
+    with OtherLoad() as other, tempfile.TemporaryDirectory(prefix="bench-bottlenecks-") as tmp:
         photo_dir = Path(tmp) / "photos"
         sets = {"digits": _digit_paths(digits), "photos": _make_photos(photo_dir, photos, seed)}
         for name, paths in sets.items():
@@ -117,9 +147,15 @@ def main(
     )
     print()
     verdicts = _print_targets(results)
-    print(f"\ntotal run time: {elapsed:.0f}s")
+    print(
+        f"\ntotal run time: {elapsed:.0f}s; other processes used {other.cores:.2f} of {os.cpu_count()} cores meanwhile"
+    )
+    if other.cores > 0.1:
+        print("warning: the machine was not idle, so the rates and ratios above are not reliable; run again when it is")
     if write_json:
-        path = _write_json(results, verdicts, tf.__version__, backbone.name, batch_size, repeat, trace_seconds, elapsed)
+        path = _write_json(
+            results, verdicts, tf.__version__, backbone.name, batch_size, repeat, trace_seconds, elapsed, other.cores
+        )
         print(f"results written to {path.relative_to(REPO)}")
 
 
@@ -203,10 +239,13 @@ def _bench_set(
         return len(loop_paths) / (time.perf_counter() - started)
 
     runs: dict[str, list[float]] = {"forward": [], "end_to_end": [], "per_image": []}
+    other_load: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(repeat):
         for key, run in (("forward", run_forward), ("end_to_end", run_end_to_end), ("per_image", run_per_image)):
-            runs[key].append(run())
-            print(f"  {key:<11} {runs[key][-1]:7.1f} img/s", flush=True)
+            with OtherLoad() as other:
+                runs[key].append(run())
+            other_load[key].append(other.cores)
+            print(f"  {key:<11} {runs[key][-1]:7.1f} img/s   (other processes: {other.cores:.2f} cores)", flush=True)
     return SetResult(
         name=name,
         images=count,
@@ -217,6 +256,7 @@ def _bench_set(
         per_image=statistics.median(runs["per_image"]),
         per_image_images=len(loop_paths),
         runs=runs,
+        other_load=other_load,
     )
 
 
@@ -326,6 +366,7 @@ def _write_json(
     repeat: int,
     trace_seconds: float,
     elapsed: float,
+    other_cores: float,
 ) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"bottlenecks-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -338,6 +379,7 @@ def _write_json(
         "repeat": repeat,
         "trace_seconds": trace_seconds,
         "elapsed_seconds": elapsed,
+        "other_load_cores": other_cores,
         "sets": [{**asdict(r), "ratios": r.ratios()} for r in results],
         "targets": verdicts,
     }

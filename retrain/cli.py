@@ -36,12 +36,44 @@ from retrain.quiet import import_tensorflow_quietly
 @click.option("--tfhub_module", help="A TF Hub image feature-vector module: handle, URL or local SavedModel folder.")
 @click.option("--weights_file", help="Local weights for --architecture instead of the ImageNet download.")
 @click.option("--image_size", type=click.IntRange(min=16), help="Input size for a --tfhub_module with no fixed size.")
-@click.option("--how_many_training_steps", default=4000, show_default=True, type=click.IntRange(min=1))
-@click.option("--train_batch_size", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--learning_rate", default=0.01, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--testing_percentage", default=10.0, show_default=True, type=click.FloatRange(0, 100))
-@click.option("--validation_percentage", default=10.0, show_default=True, type=click.FloatRange(0, 100))
-@click.option("--eval_step_interval", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--how_many_training_steps",
+    default=4000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many training steps to run.",
+)
+@click.option(
+    "--train_batch_size", default=10, show_default=True, type=click.IntRange(min=1), help="Images per training step."
+)
+@click.option(
+    "--learning_rate",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Gradient descent step size.",
+)
+@click.option(
+    "--testing_percentage",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, 100),
+    help="Share of images held out for the final test.",
+)
+@click.option(
+    "--validation_percentage",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, 100),
+    help="Share of images held out for validation.",
+)
+@click.option(
+    "--eval_step_interval",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Print accuracy every this many steps.",
+)
 @click.option("--validation_batch_size", default=100, show_default=True, help="-1 uses the whole validation set.")
 @click.option("--test_batch_size", default=-1, show_default=True, help="-1 uses the whole test set.")
 @click.option(

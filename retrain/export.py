@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ import tensorflow as tf
 
 from retrain.backbones import Backbone
 from retrain.errors import RetrainError
+from retrain.paths import check_writable
 from retrain.train import Head
 from serve.model_info import MODEL_JSON, SAVED_MODEL_DIR, TFLITE_FILE, ModelInfo
 from serve.preprocess import CENTRAL_FRACTION, InputSpec
@@ -43,21 +43,7 @@ def check_output_dir(output_dir: str | Path) -> None:
     target = Path(output_dir)
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MODEL_JSON).exists())):
         raise RetrainError(f"--output_dir {output_dir} exists and is not an earlier export; choose another")
-    check_creatable(target, "--output_dir")
-
-
-def check_creatable(path: str | Path, flag: str) -> None:
-    """Raises RetrainError unless `path` could be created (its nearest existing ancestor is a writable dir)."""
-    target = Path(path)
-    ancestor = target.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise RetrainError(f"{flag} {path} cannot be created: {ancestor} is not a directory")
-    try:
-        tempfile.TemporaryDirectory(dir=ancestor, prefix=".retrain-write-check-").cleanup()
-    except OSError as e:
-        raise RetrainError(f"{flag} {path} is not writable: {e.strerror or e}") from e
+    check_writable(target, "--output_dir")
 
 
 def export_model(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+from retrain.errors import RetrainError
 
 
 def user_cache_dir() -> Path:
@@ -19,3 +22,18 @@ def user_cache_dir() -> Path:
 def weights_cache_dir() -> Path:
     """Converted and downloaded backbone weights."""
     return user_cache_dir() / "weights"
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """RetrainError unless `path` can be written: an existing folder we can write into, or a path
+    whose nearest existing ancestor is such a folder. Checked before any work; creates nothing."""
+    target = Path(path).expanduser()
+    folder = target if target.is_dir() else target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise RetrainError(f"{flag} {path} cannot be created: {folder} is not a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=folder, prefix=".retrain-write-check-").cleanup()
+    except OSError as e:
+        raise RetrainError(f"{flag} {path} is not writable: {e.strerror or e}") from e

@@ -18,10 +18,10 @@ from retrain import __version__, report
 from retrain.backbones import DEFAULT_ARCHITECTURE, Backbone, load_backbone, registered
 from retrain.cache import BottleneckCache
 from retrain.errors import RetrainError
-from retrain.export import check_creatable, check_output_dir, default_output_dir, export_model
+from retrain.export import check_output_dir, default_output_dir, export_model
 from retrain.extract import DEFAULT_BATCH_SIZE, ExtractionStats, compute_bottlenecks
 from retrain.images import SPLITS, ImageSet, discover
-from retrain.paths import user_cache_dir
+from retrain.paths import check_writable, user_cache_dir
 from retrain.train import Head, HParams, accuracy_and_cross_entropy, train_head
 from serve.model_info import LABELS_TXT, SAVED_MODEL_DIR, ModelInfo
 
@@ -73,19 +73,19 @@ def run(config: RetrainConfig) -> RunResult:
     image_set = discover(config.image_dir, config.validation_percentage, config.testing_percentage)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config.models_dir)
     check_output_dir(output_dir)
+    bottleneck_dir = Path(config.bottleneck_dir) if config.bottleneck_dir else user_cache_dir() / "bottlenecks"
+    check_writable(bottleneck_dir, "--bottleneck_dir")
     if config.saved_model_dir:
-        check_creatable(config.saved_model_dir, "--saved_model_dir")
+        check_writable(config.saved_model_dir, "--saved_model_dir")
     if config.output_labels:
-        check_creatable(config.output_labels, "--output_labels")
+        check_writable(config.output_labels, "--output_labels")
     if not config.tfhub_module:
         registered(config.architecture)
     report.image_set_summary(image_set)
 
     backbone = load_backbone(config.architecture, config.weights_file, config.tfhub_module, config.image_size)
     report.backbone_summary(backbone)
-    cache = BottleneckCache(
-        config.bottleneck_dir or user_cache_dir() / "bottlenecks", backbone.cache_id, backbone.feature_dim
-    )
+    cache = BottleneckCache(bottleneck_dir, backbone.cache_id, backbone.feature_dim)
     splits, extraction, seconds = _bottlenecks(image_set, backbone, cache, config.extraction_batch_size)
     report.extraction_summary(extraction, seconds, cache.directory)
 

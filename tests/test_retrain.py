@@ -207,6 +207,10 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             ["--image_dir", str(digits), "--output_dir", str(tmp_path / "a_file" / "model")],
             "cannot be created",
         ),
+        "bottleneck-dir-is-a-file": (
+            ["--image_dir", str(digits), "--bottleneck_dir", str(tmp_path / "a_file" / "cache")],
+            "--bottleneck_dir",
+        ),
         "bad-flag-value": (["--image_dir", str(digits), "--how_many_training_steps", "0"], "how_many_training_steps"),
         "unknown-architecture": (["--image_dir", str(digits), "--architecture", "alexnet"], "unknown --architecture"),
     }
@@ -220,6 +224,7 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "no-class-folders",
         "single-class",
         "unwritable-output",
+        "bottleneck-dir-is-a-file",
         "bad-flag-value",
         "unknown-architecture",
     ],
@@ -228,7 +233,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case: str, tmp_path: Pa
     args, message = _bad_input_cases(tmp_path)[case]
     before = sorted(tmp_path.rglob("*"))
     cache = tmp_path / "cache"
-    completed = retrain_cli(*args, "--bottleneck_dir", str(cache), "--models_dir", str(tmp_path / "models"))
+    completed = retrain_cli("--bottleneck_dir", str(cache), "--models_dir", str(tmp_path / "models"), *args)
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1 and completed.stderr.startswith("retrain: error: ")
     assert message in completed.stderr
