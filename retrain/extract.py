@@ -82,12 +82,16 @@ def compute_bottlenecks(
         if misses:
             forward = _forward_function(backbone)
             with progress_bar(total=len(misses), desc="Computing bottlenecks") as bar:
-                for batch in _decoded_batches(pool, paths, misses, backbone.input_spec, cache, batch_size, stats):
-                    features = forward(np.stack([item.pixels for item in batch]))
-                    for item, vector in zip(batch, features, strict=True):
-                        cache.put(item.key, vector)
-                        vectors[item.index], ok[item.index] = vector, True
-                    stats.computed += len(batch)
+                for batch in _decoded_batches(pool, paths, misses, backbone.input_spec, cache, batch_size):
+                    decoded = [item for item in batch if isinstance(item, _Decoded)]
+                    for failed in (item for item in batch if isinstance(item, _Failed)):
+                        _skip(stats, paths[failed.index], failed.reason)
+                    if decoded:
+                        features = forward(np.stack([item.pixels for item in decoded]))
+                        for item, vector in zip(decoded, features, strict=True):
+                            cache.put(item.key, vector)
+                            vectors[item.index], ok[item.index] = vector, True
+                        stats.computed += len(decoded)
                     bar.update(len(batch))
     return vectors, ok, stats
 
@@ -119,13 +123,12 @@ def _decoded_batches(
     spec: InputSpec,
     cache: BottleneckCache,
     batch_size: int,
-    stats: ExtractionStats,
-) -> Iterator[list[_Decoded]]:
-    """Batches of decoded images, in order, with at most BATCHES_IN_FLIGHT batches decoding ahead."""
+) -> Iterator[list[_Decoded | _Failed]]:
+    """Batches of decode results, in order, with at most BATCHES_IN_FLIGHT batches decoding ahead."""
     pending: deque[Future] = deque()
     todo = iter(indices)
     window = batch_size * BATCHES_IN_FLIGHT
-    batch: list[_Decoded] = []
+    batch: list[_Decoded | _Failed] = []
 
     def fill() -> None:
         while len(pending) < window:
@@ -136,12 +139,8 @@ def _decoded_batches(
 
     fill()
     while pending:
-        result = pending.popleft().result()
+        batch.append(pending.popleft().result())
         fill()
-        if isinstance(result, _Failed):
-            _skip(stats, paths[result.index], result.reason)
-        else:
-            batch.append(result)
         if len(batch) == batch_size:
             yield batch
             batch = []

@@ -120,6 +120,7 @@ def run(config: RetrainConfig) -> RunResult:
         backbone=backbone.cache_id,
         details=_details(config, image_set, splits, extraction, history, test_accuracy, len(test_index), started),
     )
+    report.exporting(output_dir)
     exported = export_model(output_dir, backbone, head, info, update_latest=config.output_dir is None)
     if config.saved_model_dir:
         shutil.copytree(exported / SAVED_MODEL_DIR, config.saved_model_dir, dirs_exist_ok=True)

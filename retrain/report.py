@@ -74,6 +74,10 @@ def misclassified(items: list[tuple[Path, str]]) -> None:
         _say(f"{path}  {predicted}")
 
 
+def exporting(output_dir: Path) -> None:
+    _say(f"Exporting to {output_dir} (SavedModel and TFLite conversion take a few seconds)...")
+
+
 def exported(output_dir: Path, seconds: float) -> None:
     _say(
         f"Exported model to {output_dir} (model.tflite, saved_model/, labels.txt, model.json) in {seconds:.1f}s total."
