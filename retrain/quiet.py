@@ -8,23 +8,8 @@ while the import runs. `--verbose` skips this.
 from __future__ import annotations
 
 import os
-import sys
-from contextlib import contextmanager
 
-
-@contextmanager
-def stderr_silenced():
-    """Sends the process's stderr (fd 2, C++ included) to /dev/null inside the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from serve.quiet import stderr_silenced
 
 
 def import_tensorflow_quietly() -> None:

@@ -31,6 +31,14 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image Pillow can decode (truncated, empty, not an image, too large)."""
 
 
+class NotAnImageError(ImageDecodeError):
+    """Empty, or no image format Pillow knows (a text file named .jpg)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """More pixels than allowed (a decompression bomb); refused before decoding."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a backbone expects: input height and width, and `(pixel - mean) / std` normalisation."""
@@ -55,30 +63,34 @@ def central_crop_box(width: int, height: int, fraction: float = CENTRAL_FRACTION
     return left, top, left + side, top + side
 
 
-def decode_image(data: bytes, target_size: tuple[int, int] | None = None) -> Image.Image:
+def decode_image(data: bytes, target_size: tuple[int, int] | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decodes encoded image bytes to an upright RGB Pillow image.
 
     `target_size` (width, height) lets JPEG decoding use draft mode: the DCT scales a large photo
     down by 2, 4 or 8 while decoding, never below twice the target, which is much faster and does
-    not change what the bicubic resize produces in any visible way.
+    not change what the bicubic resize produces in any visible way. Images with more than
+    `max_pixels` (default MAX_IMAGE_PIXELS) are refused from their header, before decoding.
     """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if not data:
-        raise ImageDecodeError("empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+        raise NotAnImageError("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+        try:
             image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ImageDecodeError(f"image is {image.width}x{image.height} pixels, more than {MAX_IMAGE_PIXELS:,}")
+        except Image.DecompressionBombError as e:
+            raise ImageTooLargeError(str(e)) from e
+        except (OSError, ValueError, SyntaxError) as e:
+            raise NotAnImageError("not an image in a format Pillow reads") from e
+        if image.width * image.height > limit:
+            raise ImageTooLargeError(f"image is {image.width}x{image.height} pixels, more than {limit:,}")
+        try:
             if target_size is not None and image.format == "JPEG":
                 image.draft("RGB", (2 * target_size[0], 2 * target_size[1]))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except ImageDecodeError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(str(e) or type(e).__name__) from e
+            return _to_rgb(ImageOps.exif_transpose(image))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ImageDecodeError(f"corrupt or truncated {image.format} image: {e}") from e
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -115,9 +127,9 @@ def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return (pixels.astype(np.float32) - np.float32(spec.mean)) / np.float32(spec.std)
 
 
-def preprocess(data: bytes, spec: InputSpec) -> np.ndarray:
+def preprocess(data: bytes, spec: InputSpec, max_pixels: int | None = None) -> np.ndarray:
     """Encoded image bytes -> float32 array (height, width, 3), ready for the backbone."""
-    image = decode_image(data, target_size=(spec.width, spec.height))
+    image = decode_image(data, target_size=(spec.width, spec.height), max_pixels=max_pixels)
     return normalize(resize_for_model(image, spec), spec)
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from retrain.pipeline import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "image_dirs" / "digits"
@@ -38,3 +43,19 @@ def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
 def tiny_digits(tmp_path: Path) -> Path:
     """Three digit classes, 12 images each: enough to train and export quickly."""
     return copy_digits(tmp_path / "digits", ["0", "1", "7"], per_class=12)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, str, Path]:
+    """The demo job: all 1,797 digits, default flags, a fresh bottleneck cache; shared by the session.
+
+    Returns (result, printed log, root folder with `models/` and `cache/`).
+    """
+    from retrain.pipeline import RetrainConfig, run
+
+    root = tmp_path_factory.mktemp("digits_run")
+    config = RetrainConfig(image_dir=str(DIGITS), models_dir=str(root / "models"), bottleneck_dir=str(root / "cache"))
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        result = run(config)
+    return result, log.getvalue(), root

@@ -10,7 +10,9 @@ from PIL import Image
 
 from serve.preprocess import (
     ImageDecodeError,
+    ImageTooLargeError,
     InputSpec,
+    NotAnImageError,
     central_crop_box,
     decode_image,
     preprocess,
@@ -110,12 +112,17 @@ def test_draft_mode_on_a_large_photo_gives_nearly_the_same_pixels() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"", b"this is a text file named photo.jpg\n", jpeg_bytes()[:200], b"\x89PNG\r\n\x1a\n" + b"\0" * 40],
+    ("data", "error"),
+    [
+        (b"", NotAnImageError),
+        (b"this is a text file named photo.jpg\n", NotAnImageError),
+        (jpeg_bytes()[:200], ImageDecodeError),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, ImageDecodeError),
+    ],
     ids=["empty", "text", "truncated-jpeg", "broken-png"],
 )
-def test_undecodable_bytes_raise_image_decode_error(data: bytes) -> None:
-    with pytest.raises(ImageDecodeError):
+def test_undecodable_bytes_raise_image_decode_error(data: bytes, error: type) -> None:
+    with pytest.raises(error):
         preprocess(data, SPEC)
 
 
@@ -123,5 +130,7 @@ def test_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.Monke
     import serve.preprocess
 
     monkeypatch.setattr(serve.preprocess, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageDecodeError, match="more than"):
+    with pytest.raises(ImageTooLargeError, match="more than 1,000"):
         preprocess(_encode(Image.new("L", (100, 100))), SPEC)
+    with pytest.raises(ImageTooLargeError, match="more than 50"):
+        preprocess(_encode(Image.new("L", (10, 10))), SPEC, max_pixels=50)

@@ -32,17 +32,6 @@ def retrain_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
     return subprocess.run([*RETRAIN, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-@pytest.fixture(scope="session")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, str, Path]:
-    """The demo job: all 1,797 digits, default flags, a fresh bottleneck cache."""
-    root = tmp_path_factory.mktemp("digits_run")
-    config = RetrainConfig(image_dir=str(DIGITS), models_dir=str(root / "models"), bottleneck_dir=str(root / "cache"))
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        result = run(config)
-    return result, log.getvalue(), root
-
-
 def test_demo_reaches_85_percent_and_prints_retrain_py_lines(digits_run) -> None:
     result, log, _root = digits_run
     assert result.extraction.computed == 1797 and result.extraction.cached == 0

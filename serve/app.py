@@ -1,0 +1,265 @@
+"""The HTTP API: a plain upload endpoint plus TensorFlow Serving's REST shapes.
+
+    POST /predict                         multipart upload(s) -> ranked labels
+    POST /v1/models/{name}:predict        {"instances": [{"b64": ...}]} -> {"predictions": [...]}
+    POST /v1/models/{name}:classify       {"examples": [{"b64": ...}]} -> {"result": [[[label, score], ...]]}
+    GET  /v1/models/{name}                model_version_status
+    GET  /v1/models/{name}/metadata       signature and labels
+    GET  /healthz, /readyz, /labels
+
+Errors are `{"error": "..."}`: 400 bad image or JSON, 404 unknown model, 413 too large, 415 not
+an image or not a multipart upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.middleware import AccessLog, BodyLimit, RequestTooLargeError
+from serve.preprocess import ImageDecodeError, ImageTooLargeError, NotAnImageError, preprocess
+from serve.store import ModelStore, ServedModel
+
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model_name: str = "retrained"
+    max_request_bytes: int = 32 * 2**20
+    max_image_pixels: int = 40_000_000
+    log_format: str = "text"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class PredictResponse(BaseModel):
+    """One uploaded image's labels, best first."""
+
+    filename: str | None = None
+    predictions: list[Prediction]
+
+
+class MultiPredictResponse(BaseModel):
+    """Several uploads: one entry per file, in upload order."""
+
+    results: list[PredictResponse]
+
+
+class Labels(BaseModel):
+    labels: list[str]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    model: str
+    version: int
+    labels: int
+
+
+def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """The FastAPI app serving whatever model `store` holds (it may be swapped by a reload)."""
+    app = FastAPI(
+        title="retrain serve",
+        description="Label queries for an image classifier exported by retrain.",
+        version="1",
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AccessLog, json_lines=settings.log_format == "json")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"error": error.message}, status_code=error.status)
+
+    @app.exception_handler(RequestTooLargeError)
+    async def too_large(_: Request, error: RequestTooLargeError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=413)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        return JSONResponse({"error": problems}, status_code=400)
+
+    async def scores_for(served: ServedModel, images: list[bytes], names: list[str] | None = None) -> list[np.ndarray]:
+        """Preprocesses off the event loop, then waits for the batcher; order is kept."""
+        spec = served.model.info.input_spec
+        pixels = []
+        for index, data in enumerate(images):
+            try:
+                pixels.append(await run_in_threadpool(preprocess, data, spec, settings.max_image_pixels))
+            except ImageDecodeError as e:
+                raise _image_error(e, names[index] if names else f"image {index}") from e
+        futures = [served.batcher.submit(p) for p in pixels]
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+    def check_name(name: str) -> None:
+        if name != settings.model_name:
+            raise ApiError(404, f"model {name!r} not found; this server serves {settings.model_name!r}")
+
+    @app.post("/predict", response_model=PredictResponse | MultiPredictResponse)
+    async def predict_upload(request: Request, top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5) -> dict[str, Any]:
+        """Upload one or more images (multipart, any field name); get each one's top_k labels."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(415, "send images as multipart/form-data, e.g. curl -F file=@photo.jpg")
+        async with request.form(max_files=64, max_fields=64) as form:
+            uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+            if not uploads:
+                raise ApiError(400, "no file in the upload; use e.g. curl -F file=@photo.jpg")
+            images = [await upload.read() for upload in uploads]
+            names = [upload.filename for upload in uploads]
+        with store.lease() as served:
+            rows = await scores_for(served, images, [name or f"file {i}" for i, name in enumerate(names)])
+            results = [
+                {"filename": name, "predictions": [r.__dict__ for r in served.model.rank(row, top_k)]}
+                for name, row in zip(names, rows, strict=True)
+            ]
+        return results[0] if len(results) == 1 else {"results": results}
+
+    @app.post("/v1/models/{name}:predict")
+    async def tf_serving_predict(name: str, request: Request) -> dict[str, Any]:
+        """TensorFlow Serving's predict: row (`instances`) or columnar (`inputs`) format, images as {"b64": ...}."""
+        check_name(name)
+        body = await _json_body(request)
+        columnar = "inputs" in body
+        images = _images_from(body, ("inputs",) if columnar else ("instances",))
+        with store.lease() as served:
+            rows = await scores_for(served, images)
+            labels = served.model.labels
+        if columnar:
+            return {"outputs": {"scores": [row.tolist() for row in rows], "classes": [labels for _ in rows]}}
+        return {"predictions": [{"scores": row.tolist(), "classes": labels} for row in rows]}
+
+    @app.post("/v1/models/{name}:classify")
+    async def tf_serving_classify(name: str, request: Request) -> dict[str, Any]:
+        """TensorFlow Serving's classify: {"examples": [...]} -> {"result": [[[label, score], ...]]}, best first."""
+        check_name(name)
+        body = await _json_body(request)
+        images = _images_from(body, ("examples", "instances"))
+        with store.lease() as served:
+            rows = await scores_for(served, images)
+            ranked = [served.model.rank(row, len(row)) for row in rows]
+        return {"result": [[[r.label, r.score] for r in ranking] for ranking in ranked]}
+
+    @app.get("/v1/models/{name}")
+    async def tf_serving_status(name: str) -> dict[str, Any]:
+        """TensorFlow Serving's model status."""
+        check_name(name)
+        status = {"error_code": "OK", "error_message": ""}
+        return {
+            "model_version_status": [{"version": str(store.current.version), "state": "AVAILABLE", "status": status}]
+        }
+
+    @app.get("/v1/models/{name}/metadata")
+    async def tf_serving_metadata(name: str) -> dict[str, Any]:
+        """TensorFlow Serving's metadata: the signature, plus the labels and the export's model.json."""
+        check_name(name)
+        model = store.current
+        count = len(model.labels)
+        signature = {
+            "inputs": {"image_bytes": {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}}},
+            "outputs": {
+                "scores": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(count)}]}},
+                "classes": {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(count)}]}},
+            },
+            "method_name": "tensorflow/serving/predict",
+        }
+        return {
+            "model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
+            "labels": model.labels,
+            "model": model.info.to_json(),
+        }
+
+    @app.get("/labels", response_model=Labels)
+    async def labels() -> dict[str, Any]:
+        """The labels the current model answers with, in score order."""
+        return {"labels": store.current.labels}
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness)
+    async def readyz() -> dict[str, Any]:
+        """Readiness: a model is loaded and has passed its start-up inference."""
+        model = store.current
+        return {"status": "ready", "model": str(model.directory), "version": model.version, "labels": len(model.labels)}
+
+    return app
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"malformed JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise ApiError(400, 'the JSON body must be an object, e.g. {"instances": [{"b64": "..."}]}')
+    return body
+
+
+def _images_from(body: dict, keys: tuple[str, ...]) -> list[bytes]:
+    """Image bytes from TF Serving's JSON: a list of {"b64": ...} or of {"<input>": {"b64": ...}},
+    or, in columnar form, {"<input>": [{"b64": ...}, ...]}."""
+    key = next((k for k in keys if k in body), None)
+    if key is None:
+        raise ApiError(400, f"the JSON body needs {' or '.join(repr(k) for k in keys)}")
+    items = body[key]
+    if isinstance(items, dict) and len(items) == 1:
+        (items,) = items.values()
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, f'{key!r} must be a non-empty list of {{"b64": ...}} images')
+    return [_decode_b64(item, index) for index, item in enumerate(items)]
+
+
+def _decode_b64(item: Any, index: int) -> bytes:
+    if isinstance(item, dict) and len(item) == 1 and "b64" not in item:
+        (item,) = item.values()  # {"image_bytes": {"b64": ...}}
+    if not isinstance(item, dict) or not isinstance(item.get("b64"), str):
+        raise ApiError(400, f'image {index}: expected {{"b64": "<base64 of the image file>"}}')
+    try:
+        return base64.b64decode(item["b64"], validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ApiError(400, f"image {index}: invalid base64 ({e})") from e
+
+
+def _image_error(error: ImageDecodeError, name: str) -> ApiError:
+    """413 for too many pixels, 415 for what is no image at all, 400 for a corrupt one."""
+    if isinstance(error, ImageTooLargeError):
+        return ApiError(413, f"{name}: {error}")
+    if isinstance(error, NotAnImageError):
+        return ApiError(415, f"{name}: {error}")
+    return ApiError(400, f"{name}: {error}")

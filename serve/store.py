@@ -1,0 +1,133 @@
+"""The model being served, and swapping it for a new export without dropping a request.
+
+A request takes a lease on the current model for its whole life. A reload loads and checks the
+new export first (a broken one is refused and the old one keeps serving), then swaps; the old
+model's batcher is closed only when its last lease is returned, so in-flight requests finish on
+the model they started with. Reloads come from SIGHUP or from polling `--model_dir` (a `latest`
+link that moves, or a model.json that changes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from serve.batcher import MicroBatcher
+from serve.model_info import MODEL_JSON, ModelDirError
+from serve.runtime import LoadedModel
+
+log = logging.getLogger("serve")
+
+
+class ServedModel:
+    """A loaded export with its batcher and a count of requests using it."""
+
+    def __init__(self, model: LoadedModel, batcher: MicroBatcher):
+        self.model = model
+        self.batcher = batcher
+        self._leases = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    def _acquire(self) -> None:
+        with self._lock:
+            self._leases += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._leases -= 1
+            done = self._retired and self._leases == 0
+        if done:
+            self.batcher.close()
+
+    def _retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            done = self._leases == 0
+        if done:
+            self.batcher.close()
+
+
+class ModelStore:
+    """Holds the served model; `reload()` swaps in a new export only if it loads and runs."""
+
+    def __init__(self, model_dir: str | Path, load: Callable[[Path], ServedModel]):
+        self.model_dir = Path(model_dir)
+        self._load = load
+        self._lock = threading.Lock()
+        self._current = load(self.model_dir)
+        self._fingerprint = _fingerprint(self.model_dir)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.reloads = 0
+
+    @contextmanager
+    def lease(self) -> Iterator[ServedModel]:
+        """The current model, kept alive (not closed by a reload) until the block ends."""
+        with self._lock:
+            served = self._current
+            served._acquire()
+        try:
+            yield served
+        finally:
+            served._release()
+
+    @property
+    def current(self) -> LoadedModel:
+        return self._current.model
+
+    def reload(self) -> bool:
+        """Loads `model_dir` again; True if the new export now serves, False if it was refused."""
+        fingerprint = _fingerprint(self.model_dir)
+        try:
+            fresh = self._load(self.model_dir)
+        except ModelDirError as e:
+            log.error("reload refused, still serving %s: %s", self.current.directory, e)
+            self._fingerprint = fingerprint  # do not retry the same broken export every poll
+            return False
+        with self._lock:
+            old, self._current = self._current, fresh
+            self._fingerprint = fingerprint
+            self.reloads += 1
+        old._retire()
+        log.warning("reloaded: now serving %s (version %d)", fresh.model.directory, fresh.model.version)
+        return True
+
+    def request_reload(self) -> None:
+        """Signal-safe: asks the watcher thread to reload now (SIGHUP)."""
+        self._wake.set()
+
+    def watch(self, poll_seconds: float) -> None:
+        """Starts the background thread that reloads on request and, if poll_seconds > 0, on change."""
+        self._watcher = threading.Thread(target=self._watch, args=(poll_seconds,), name="model-watch", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._watcher:
+            self._watcher.join()
+        self._current._retire()
+
+    def _watch(self, poll_seconds: float) -> None:
+        while not self._stop.is_set():
+            requested = self._wake.wait(poll_seconds if poll_seconds > 0 else None)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if requested or _fingerprint(self.model_dir) != self._fingerprint:
+                self.reload()
+
+
+def _fingerprint(model_dir: Path) -> tuple:
+    """What changes when a new export lands: where the directory resolves to, and its model.json."""
+    resolved = model_dir.resolve()
+    try:
+        stat = (resolved / MODEL_JSON).stat()
+        return resolved, stat.st_mtime_ns, stat.st_size
+    except OSError:
+        return resolved, None, None
