@@ -41,7 +41,6 @@ class ServeSettings:
     model_name: str = "retrained"
     max_request_bytes: int = 32 * 2**20
     max_image_pixels: int = 40_000_000
-    log_format: str = "text"
 
 
 class ApiError(Exception):
@@ -92,7 +91,7 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         version="1",
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(AccessLog, json_lines=settings.log_format == "json")
+    app.add_middleware(AccessLog)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:

@@ -126,7 +126,6 @@ def _run_server(**options) -> None:
         model_name=options["model_name"],
         max_request_bytes=options["max_request_bytes"],
         max_image_pixels=options["max_image_pixels"],
-        log_format=options["log_format"],
     )
     try:
         uvicorn.run(
@@ -168,7 +167,26 @@ def _fail(code: int, message: str) -> None:
 
 
 def _configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s" if log_format == "json" else "%(asctime)s %(message)s"))
+    # Log through a copy of fd 2: loading an interpreter points fd 2 at /dev/null for a moment
+    # (serve.quiet), and a reload does that while other threads are logging requests.
+    handler = logging.StreamHandler(_stderr_copy())
+    handler.setFormatter(_JsonLines() if log_format == "json" else logging.Formatter("%(asctime)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("serve").setLevel(logging.INFO)
+
+
+class _JsonLines(logging.Formatter):
+    """Every log line as one JSON object; access lines add client, method, path, status, latency_ms."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name}
+        entry["message"] = record.getMessage()
+        return json.dumps({**entry, **getattr(record, "fields", {})})
+
+
+def _stderr_copy():
+    """A stream on a duplicate of the process's stderr descriptor (sys.stderr if it has none)."""
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, errors="backslashreplace")
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr

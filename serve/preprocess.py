@@ -26,6 +26,10 @@ CENTRAL_FRACTION = 0.875
 # Decompression-bomb guard: more pixels than this is refused, not decoded (a 12k x 12k photo).
 MAX_IMAGE_PIXELS = 144_000_000
 
+# How common formats begin: bytes that start like one of these but cannot be opened are a corrupt
+# image (truncated inside its header), not "no image at all".
+_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF"}
+
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image Pillow can decode (truncated, empty, not an image, too large)."""
@@ -81,6 +85,9 @@ def decode_image(data: bytes, target_size: tuple[int, int] | None = None, max_pi
         except Image.DecompressionBombError as e:
             raise ImageTooLargeError(str(e)) from e
         except (OSError, ValueError, SyntaxError) as e:
+            known = next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
+            if known:
+                raise ImageDecodeError(f"corrupt or truncated {known} image (its header is incomplete)") from e
             raise NotAnImageError("not an image in a format Pillow reads") from e
         if image.width * image.height > limit:
             raise ImageTooLargeError(f"image is {image.width}x{image.height} pixels, more than {limit:,}")

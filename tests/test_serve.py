@@ -1,0 +1,1037 @@
+"""serve end to end: the real server as a subprocess on 127.0.0.1, fed the exported digits model.
+
+What a user of `serve` relies on: no TensorFlow in the runtime, every endpoint in its documented
+shape, the same answers as the model retrain trained, a 4xx JSON error for every bad request (and
+the server still fine afterwards), micro-batching under concurrency, hot reload without dropping a
+request, one-line start-up failures, the `predict` command, and one access-log line per request.
+Servers are module-scoped: starting one costs a few seconds of LiteRT loading on CI's two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import functools
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import DIGITS, REPO, jpeg_bytes
+
+SERVE = [sys.executable, "-m", "serve"]
+MODEL = "retrained"
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TIMEOUT = 60  # seconds for any one HTTP request; CI is slow, a hung server must still fail
+
+
+# --- the in-process model's answers ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """The digits' test split and what the in-process model (head on cached bottlenecks) says."""
+
+    paths: list[Path]
+    probabilities: np.ndarray  # (N, labels), in model.json's label order
+    labels: list[str]
+
+    def expected(self, index: int) -> str:
+        return self.labels[int(np.argmax(self.probabilities[index]))]
+
+    def image(self, index: int) -> bytes:
+        return self.paths[index].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def export(digits_run) -> Path:
+    return digits_run[0].output_dir
+
+
+@pytest.fixture(scope="module")
+def split(digits_run) -> Split:
+    """As test_retrain's `_test_images`, keeping the probabilities: the reference every answer is checked against."""
+    from retrain.backbones import load_backbone
+    from retrain.cache import BottleneckCache
+    from retrain.extract import compute_bottlenecks
+    from retrain.images import discover
+
+    result = digits_run[0]
+    paths = [e.path for e in discover(DIGITS).splits["testing"]]
+    backbone = load_backbone()
+    info = json.loads((result.output_dir / "model.json").read_text())
+    cache = BottleneckCache(info["flags"]["bottleneck_dir"], backbone.cache_id, backbone.feature_dim)
+    vectors, ok, stats = compute_bottlenecks(paths, backbone, cache)
+    assert ok.all() and stats.computed == 0
+    return Split(paths, np.asarray(result.head.probabilities(vectors)), info["labels"])
+
+
+# --- a real server in a subprocess ---------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def client(self, **options) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=TIMEOUT, **options)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def raw(self, method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> Answer:
+        """A request whose path goes out byte for byte (httpx would normalise `..` segments away)."""
+        host, port = self.url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+        try:
+            connection.request(method, path, body=body, headers={"content-type": content_type})
+            response = connection.getresponse()
+            return Answer(response.status, response.getheader("content-type", ""), response.read())
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def start_server(model_dir: Path, log_path: Path, *flags: str) -> Server:
+    """`serve --model_dir ... --host 127.0.0.1 --port <free>`, returned once /readyz answers 200."""
+    for _attempt in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        args = ["--model_dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *flags]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen([*SERVE, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        server = Server(process, f"http://127.0.0.1:{port}", log_path)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        server.stop()
+        if "address already in use" not in server.log().lower():  # else another process took the port: retry
+            break
+    pytest.fail(f"serve did not become ready (exit code {process.returncode}):\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def server(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The digits export with default limits and text logs."""
+    running = start_server(export, tmp_path_factory.mktemp("serve") / "server.log", "--poll_seconds", "0")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def small_server(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Low limits (100 kB bodies, 100k-pixel images) and JSON logs."""
+    flags = ["--poll_seconds", "0", "--max_request_bytes", "100000", "--max_image_pixels", "100000"]
+    log = tmp_path_factory.mktemp("serve-small") / "server.log"
+    running = start_server(export, log, *flags, "--log_format", "json")
+    yield running
+    running.stop()
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def upload(client: httpx.Client, *images: bytes, query: str = "") -> httpx.Response:
+    """POST /predict with each image as a multipart file, named img<i>.png."""
+    files = [("file", (f"img{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    return client.post(f"/predict{query}", files=files)
+
+
+def scores_by_label(predictions: list[dict], labels: list[str]) -> np.ndarray:
+    """/predict's ranked [{"label", "score"}] back into a score vector in label order."""
+    by_label = {p["label"]: p["score"] for p in predictions}
+    return np.array([by_label[label] for label in labels])
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def tag_counts(log: str, prefix: str) -> collections.Counter:
+    """How many access-log lines name each `?tag=<prefix>...` request (a JSON line names it twice)."""
+    pattern = re.compile(rf"[?&]tag=({re.escape(prefix)}[\w-]+)")
+    return collections.Counter(tag for line in log.splitlines() for tag in set(pattern.findall(line)))
+
+
+def assert_one_log_line_each(server: Server, tags: list[str], prefix: str) -> None:
+    """Every tagged request got exactly one access-log line (lines are written just after the response)."""
+    deadline = time.monotonic() + 10
+    while not set(tag_counts(server.log(), prefix)) >= set(tags) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    counts = tag_counts(server.log(), prefix)
+    assert sorted(tag for tag in tags if counts[tag] == 0) == [], "requests without an access-log line"
+    assert {tag: counts[tag] for tag in tags if counts[tag] > 1} == {}, "requests logged more than once"
+    assert set(counts) == set(tags)
+
+
+def assert_serves_normally(server: Server, split: Split) -> None:
+    """After whatever came before, a plain request still gets the right answer."""
+    with server.client() as client:
+        response = upload(client, split.image(0))
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == split.expected(0)
+
+
+# --- 1. no TensorFlow ----------------------------------------------------------------------------
+
+NO_TENSORFLOW = """
+import asyncio, json, sys
+from pathlib import Path
+
+import httpx
+
+import serve.app, serve.batcher, serve.cli, serve.runtime, serve.store
+from serve.app import create_app
+from serve.batcher import MicroBatcher
+from serve.runtime import load_model
+from serve.store import ModelStore, ServedModel
+
+
+def load(directory):
+    model = load_model(directory)
+    return ServedModel(model, MicroBatcher(model.runners))
+
+
+async def ask(app, image):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as client:
+        return (await client.post("/predict", files={"file": ("x.png", image)})).json()
+
+
+store = ModelStore(sys.argv[1], load)
+body = asyncio.run(ask(create_app(store), Path(sys.argv[2]).read_bytes()))
+store.close()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "torch"))
+print(json.dumps({"top1": body["predictions"][0]["label"], "heavy": heavy}))
+"""
+
+
+def test_serve_runs_a_prediction_without_importing_tensorflow(export: Path, split: Split) -> None:
+    """The serve image has no TensorFlow: loading, the app and a prediction must not import it."""
+    completed = subprocess.run(
+        [sys.executable, "-c", NO_TENSORFLOW, str(export), str(split.paths[0])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr
+    answer = json.loads(completed.stdout.splitlines()[-1])
+    assert answer == {"top1": split.expected(0), "heavy": []}
+
+
+def test_serve_extra_and_base_dependencies_have_no_tensorflow() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    serve_needs = [*project["dependencies"], *project["optional-dependencies"]["serve"]]
+    names = [re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower() for requirement in serve_needs]
+    assert "ai-edge-litert" in names
+    assert [n for n in names if n.startswith(("tensorflow", "tf-", "keras", "torch"))] == []
+
+
+def test_the_running_server_maps_nothing_from_tensorflow(server: Server) -> None:
+    """The real server process: no file of the tensorflow package is loaded (Linux /proc)."""
+    maps = Path(f"/proc/{server.process.pid}/maps")
+    if not maps.exists():
+        pytest.skip("no /proc on this platform")
+    packages = set(re.findall(r"site-packages/([^/\s]+)/", maps.read_text()))
+    assert "ai_edge_litert" in packages
+    assert {p for p in packages if p.startswith(("tensorflow", "keras", "torch"))} == set()
+
+
+# --- 2. every endpoint ------------------------------------------------------------------------------
+
+
+def test_predict_one_file_is_ranked_and_honours_top_k(server: Server, split: Split) -> None:
+    with server.client() as client:
+        default = upload(client, split.image(0))
+        three = upload(client, split.image(0), query="?top_k=3")
+        everything = upload(client, split.image(0), query="?top_k=10")
+    assert default.status_code == three.status_code == everything.status_code == 200
+    assert set(three.json()) == {"filename", "predictions"} and three.json()["filename"] == "img0.png"
+    assert len(default.json()["predictions"]) == 5 and len(three.json()["predictions"]) == 3
+    ranked = everything.json()["predictions"]
+    assert sorted(p["label"] for p in ranked) == sorted(split.labels)
+    scores = [p["score"] for p in ranked]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-4
+    assert three.json()["predictions"] == ranked[:3] and ranked[0]["label"] == split.expected(0)
+
+
+def test_predict_several_files_answers_each_in_upload_order(server: Server, split: Split) -> None:
+    indices = [3, 1, 4, 1, 5]
+    with server.client() as client:
+        response = upload(client, *(split.image(i) for i in indices), query="?top_k=2")
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == [f"img{i}.png" for i in range(len(indices))]
+    assert [len(r["predictions"]) for r in results] == [2] * len(indices)
+    assert [r["predictions"][0]["label"] for r in results] == [split.expected(i) for i in indices]
+    assert results[1] == {**results[3], "filename": "img1.png"}  # the same image twice, the same answer
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda images: {"instances": [{"b64": b64(i)} for i in images]},
+        lambda images: {"instances": [{"image_bytes": {"b64": b64(i)}} for i in images]},
+        lambda images: {"inputs": {"image_bytes": [{"b64": b64(i)} for i in images]}},
+    ],
+    ids=["instances-b64", "instances-image_bytes", "columnar-inputs"],
+)
+def test_tf_serving_predict_formats_give_the_upload_scores(server: Server, split: Split, body) -> None:
+    indices = [0, 7]
+    images = [split.image(i) for i in indices]
+    with server.client() as client:
+        response = client.post(f"/v1/models/{MODEL}:predict", json=body(images))
+        uploads = [upload(client, image, query="?top_k=10").json()["predictions"] for image in images]
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    if "outputs" in answer:  # columnar in, columnar out
+        assert set(answer) == {"outputs"}
+        scores, classes = answer["outputs"]["scores"], answer["outputs"]["classes"]
+    else:
+        rows = answer["predictions"]
+        scores, classes = [r["scores"] for r in rows], [r["classes"] for r in rows]
+    assert classes == [split.labels] * len(indices)
+    expected = [scores_by_label(predictions, split.labels) for predictions in uploads]
+    np.testing.assert_allclose(np.array(scores), np.array(expected), atol=1e-6)
+
+
+def test_tf_serving_classify_ranks_every_label(server: Server, split: Split) -> None:
+    with server.client() as client:
+        response = client.post(f"/v1/models/{MODEL}:classify", json={"examples": [{"b64": b64(split.image(2))}]})
+    assert response.status_code == 200, response.text
+    (ranking,) = response.json()["result"]
+    assert sorted(label for label, _ in ranking) == sorted(split.labels)
+    scores = [score for _, score in ranking]
+    assert scores == sorted(scores, reverse=True) and ranking[0][0] == split.expected(2)
+    np.testing.assert_allclose(dict(ranking)[split.expected(2)], split.probabilities[2].max(), atol=1e-3)
+
+
+def test_model_status_and_metadata(server: Server, export: Path, split: Split) -> None:
+    with server.client() as client:
+        status = client.get(f"/v1/models/{MODEL}").json()
+        metadata = client.get(f"/v1/models/{MODEL}/metadata").json()
+        version = client.get("/readyz").json()["version"]
+    (model_status,) = status["model_version_status"]
+    assert model_status["state"] == "AVAILABLE" and model_status["version"] == str(version)
+    assert model_status["status"]["error_code"] == "OK"
+    assert metadata["model_spec"] == {"name": MODEL, "signature_name": "", "version": str(version)}
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert set(signature["inputs"]) == {"image_bytes"} and set(signature["outputs"]) == {"scores", "classes"}
+    assert metadata["labels"] == split.labels
+    written = json.loads((export / "model.json").read_text())
+    assert metadata["model"]["backbone"] == written["backbone"] and metadata["model"]["input"] == written["input"]
+
+
+def test_health_readiness_and_labels(server: Server, export: Path) -> None:
+    with server.client() as client:
+        health, ready, labels = client.get("/healthz"), client.get("/readyz"), client.get("/labels")
+    assert health.status_code == ready.status_code == labels.status_code == 200
+    assert health.json() == {"status": "ok"}
+    assert ready.json() == {
+        "status": "ready",
+        "model": str(export.resolve()),
+        "version": int((export / "model.json").stat().st_mtime),
+        "labels": 10,
+    }
+    assert labels.json() == {"labels": (export / "labels.txt").read_text().split()}
+
+
+def test_openapi_and_docs(server: Server) -> None:
+    with server.client() as client:
+        schema, docs = client.get("/openapi.json"), client.get("/docs")
+    assert schema.status_code == 200 and docs.status_code == 200
+    paths = schema.json()["paths"]
+    for path in ("/predict", "/v1/models/{name}:predict", "/v1/models/{name}:classify", "/v1/models/{name}/metadata"):
+        assert path in paths
+    assert "top_k" in json.dumps(paths["/predict"]["post"]["parameters"])
+    assert "swagger-ui" in docs.text and "/openapi.json" in docs.text
+
+
+# --- 3. the same answers as the in-process model --------------------------------------------------
+
+
+def test_every_test_image_gets_the_in_process_models_answer(server: Server, split: Split) -> None:
+    """All test-split digits through /predict: the same top-1, and scores within 1e-3 of the head's."""
+
+    def ask(index: int) -> np.ndarray:
+        response = upload(client, split.image(index), query="?top_k=10")
+        assert response.status_code == 200, response.text
+        return scores_by_label(response.json()["predictions"], split.labels)
+
+    with server.client() as client, ThreadPoolExecutor(4) as pool:
+        scores = np.array(list(pool.map(ask, range(len(split.paths)))))
+    assert len(scores) == len(split.paths) > 100
+    disagree = [
+        str(p) for p, s, q in zip(split.paths, scores, split.probabilities, strict=True) if s.argmax() != q.argmax()
+    ]
+    assert disagree == []
+    assert np.abs(scores - split.probabilities).max() < 1e-3
+
+
+# --- 4. errors ----------------------------------------------------------------------------------------
+
+
+DIGIT = (DIGITS / "3" / "digit_0003.png").read_bytes()
+PHOTO = jpeg_bytes(320, 240, seed=5)
+TEXT = b"these are notes, not a picture\n"
+TF_PREDICT = f"/v1/models/{MODEL}:predict"
+
+
+@functools.cache
+def png_bomb(side: int) -> bytes:
+    """A real decompression bomb: a side x side black PNG, every row present, in a few hundred kB.
+
+    Written by hand, row by row, so making it needs no side x side image in memory.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 8-bit greyscale
+    packer, row = zlib.compressobj(9), bytes(side + 1)  # each row: filter byte 0, then black pixels
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def _answer(response: httpx.Response) -> Answer:
+    return Answer(response.status_code, response.headers.get("content-type", ""), response.content)
+
+
+def _post_file(data: bytes, query: str = "") -> Callable[[Server], Answer]:
+    def send(server: Server) -> Answer:
+        with server.client() as client:
+            return _answer(upload(client, data, query=query))
+
+    return send
+
+
+def _post(path: str, **request) -> Callable[[Server], Answer]:
+    def send(server: Server) -> Answer:
+        with server.client() as client:
+            return _answer(client.post(path, **request))
+
+    return send
+
+
+def _get(path: str) -> Callable[[Server], Answer]:
+    def send(server: Server) -> Answer:
+        with server.client() as client:
+            return _answer(client.get(path))
+
+    return send
+
+
+def _post_bomb(side: int) -> Callable[[Server], Answer]:
+    return lambda server: _post_file(png_bomb(side))(server)
+
+
+def _raw(method: str, path: str) -> Callable[[Server], Answer]:
+    return lambda server: server.raw(method, path, json.dumps({"instances": [{"b64": b64(DIGIT)}]}).encode())
+
+
+def _streamed(chunks: int, chunk: bytes) -> Callable[[Server], Answer]:
+    """A chunked body (no Content-Length): the limit must hold while the body streams in."""
+    return _post(f"/v1/models/{MODEL}:predict", content=(chunk for _ in range(chunks)))
+
+
+# case -> (which server, acceptable statuses, the request)
+ERRORS: dict[str, tuple[str, set[int], Callable[[Server], Answer]]] = {
+    "truncated-png": ("server", {400}, _post_file(DIGIT[: len(DIGIT) // 2])),
+    "truncated-jpeg": ("server", {400}, _post_file(PHOTO[: len(PHOTO) // 2])),
+    "jpeg-cut-in-its-header": ("server", {400}, _post_file(PHOTO[:300])),
+    "empty-file": ("server", {400, 415}, _post_file(b"")),
+    "text-file": ("server", {415}, _post_file(TEXT)),
+    "bomb-over-pillows-limit": ("server", {413}, _post_bomb(20_000)),
+    "bomb-over-max_image_pixels": ("server", {413}, _post_bomb(7_000)),
+    "top_k-0": ("server", {400}, _post_file(DIGIT, "?top_k=0")),
+    "top_k-1000000": ("server", {400}, _post_file(DIGIT, "?top_k=1000000")),
+    "top_k-not-a-number": ("server", {400}, _post_file(DIGIT, "?top_k=many")),
+    "predict-raw-bytes": ("server", {415}, _post("/predict", content=DIGIT, headers={"content-type": "image/png"})),
+    "predict-json": ("server", {415}, _post("/predict", json={"instances": [{"b64": b64(DIGIT)}]})),
+    "predict-form-without-file": ("server", {400}, _post("/predict", files={"note": (None, b"no file here")})),
+    "malformed-json": ("server", {400}, _post(TF_PREDICT, content=b'{"instances": [{"b64": ')),
+    "json-not-an-object": ("server", {400}, _post(TF_PREDICT, json=[{"b64": b64(DIGIT)}])),
+    "json-without-instances": ("server", {400}, _post(TF_PREDICT, json={"images": [{"b64": b64(DIGIT)}]})),
+    "empty-instances": ("server", {400}, _post(TF_PREDICT, json={"instances": []})),
+    "bad-base64": ("server", {400}, _post(TF_PREDICT, json={"instances": [{"b64": "not*base64!"}]})),
+    "b64-of-text": ("server", {415}, _post(TF_PREDICT, json={"instances": [{"b64": b64(TEXT)}]})),
+    "b64-of-corrupt-png": ("server", {400}, _post(TF_PREDICT, json={"instances": [{"b64": b64(DIGIT[:60])}]})),
+    "classify-bad-base64": ("server", {400}, _post(f"/v1/models/{MODEL}:classify", json={"examples": [{"b64": "%"}]})),
+    "unknown-model-predict": ("server", {404}, _post("/v1/models/nope:predict", json={"instances": []})),
+    "unknown-model-classify": ("server", {404}, _post("/v1/models/nope:classify", json={"examples": []})),
+    "unknown-model-status": ("server", {404}, _get("/v1/models/nope")),
+    "unknown-model-metadata": ("server", {404}, _get("/v1/models/nope/metadata")),
+    "name-with-encoded-dotdot": ("server", {400, 404}, _raw("POST", "/v1/models/..%2F..%2Fetc:predict")),
+    "name-with-dotdot-segment": ("server", {400, 404}, _raw("POST", "/v1/models/../x:predict")),
+    "name-dotdot": ("server", {400, 404}, _raw("POST", "/v1/models/..:predict")),
+    "status-dotdot-passwd": ("server", {400, 404}, _raw("GET", "/v1/models/../../../etc/passwd")),
+    "metadata-encoded-dotdot": ("server", {400, 404}, _raw("GET", "/v1/models/%2e%2e%2f%2e%2e/metadata")),
+    "unknown-path": ("server", {404}, _get("/v2/nothing")),
+    "wrong-method": ("server", {405}, _get("/predict")),
+    "body-over-limit": ("small_server", {413}, _post_file(b"\0" * 300_000)),
+    "streamed-body-over-limit": ("small_server", {413}, _streamed(20, b"x" * 20_000)),
+    "b64-body-over-limit": ("small_server", {413}, _post(TF_PREDICT, json={"instances": [{"b64": b64(PHOTO * 60)}]})),
+    "image-over-max_image_pixels": ("small_server", {413}, _post_file(png(Image.new("L", (400, 400), 255)))),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_bad_request_is_4xx_json_and_the_next_one_is_served(case: str, request: pytest.FixtureRequest) -> None:
+    which, statuses, send = ERRORS[case]
+    server: Server = request.getfixturevalue(which)
+    answer = send(server)
+    assert answer.status in statuses, answer.body[:300]
+    assert answer.content_type.startswith("application/json")
+    body = json.loads(answer.body)
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"].strip()
+    assert "Traceback" not in body["error"]
+    assert_serves_normally(server, request.getfixturevalue("split"))
+
+
+def test_the_413_images_are_small_files_with_many_pixels() -> None:
+    """Keeps the 413 cases honest: small files that really decode to (or claim) too many pixels."""
+    with pytest.raises(Image.DecompressionBombError):  # 400 Mpx: past Pillow's own hard limit
+        Image.open(io.BytesIO(png_bomb(20_000)))
+    seven = Image.open(io.BytesIO(png_bomb(7_000)))  # 49 Mpx: under Pillow's limit, over serve's 40 Mpx default
+    seven.load()
+    assert seven.size == (7_000, 7_000) and seven.getextrema() == (0, 0)
+    assert len(png_bomb(20_000)) < 1_000_000 and len(png_bomb(7_000)) < 100_000
+    assert len(png(Image.new("L", (400, 400), 255))) < 100_000 and 400 * 400 > 100_000
+
+
+# --- 5. micro-batching --------------------------------------------------------------------------------
+
+
+class ConcurrencyProbe:
+    """Wraps runners' `scores` to count calls and how many threads are inside each interpreter at once."""
+
+    def __init__(self, runners: list, hold_seconds: float = 0.01):
+        self.calls = 0
+        self.max_inside = 0  # per runner
+        self.batch_sizes: list[int] = []
+        self._lock = threading.Lock()
+        for runner in runners:
+            runner.scores = self._wrap(runner.scores, hold_seconds)
+
+    def _wrap(self, scores: Callable[[np.ndarray], np.ndarray], hold: float) -> Callable[[np.ndarray], np.ndarray]:
+        inside = [0]
+
+        def probed(pixels: np.ndarray) -> np.ndarray:
+            with self._lock:
+                inside[0] += 1
+                self.calls += 1
+                self.max_inside = max(self.max_inside, inside[0])
+                self.batch_sizes.append(len(pixels))
+            try:
+                time.sleep(hold)  # widens the window in which a second thread could wrongly enter
+                return scores(pixels)
+            finally:
+                with self._lock:
+                    inside[0] -= 1
+
+        return probed
+
+
+def test_micro_batcher_batches_simultaneous_images_and_never_shares_an_interpreter(export: Path, split: Split) -> None:
+    from serve.batcher import MicroBatcher
+    from serve.preprocess import preprocess
+    from serve.runtime import load_model
+
+    model = load_model(export, workers=2, threads_per_worker=1)
+    pixels = [preprocess(split.image(i), model.info.input_spec) for i in range(16)]
+    alone = [model.runners[0].scores(p[np.newaxis])[0] for p in pixels]
+    probe = ConcurrencyProbe(model.runners)
+    batcher = MicroBatcher(model.runners, max_batch_size=16, max_wait=0.05)
+    start = threading.Barrier(16)
+
+    def submit(p: np.ndarray) -> np.ndarray:
+        start.wait(timeout=30)
+        return batcher.submit(p).result(timeout=TIMEOUT)
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(submit, pixels))
+    finally:
+        batcher.close()
+    assert probe.calls == batcher.batches < 16 and sum(probe.batch_sizes) == 16
+    assert probe.max_inside == 1
+    np.testing.assert_allclose(np.array(together), np.array(alone), atol=1e-5)
+
+
+def test_concurrent_http_requests_share_interpreter_calls(export: Path, split: Split) -> None:
+    """32 requests at once through the app (middlewares, preprocessing, batcher): fewer than 32 calls."""
+    from serve.app import create_app
+    from serve.batcher import MicroBatcher
+    from serve.runtime import load_model
+    from serve.store import ModelStore, ServedModel
+
+    probes = []
+
+    def load(directory: Path) -> ServedModel:
+        model = load_model(directory, workers=1)
+        probes.append(ConcurrencyProbe(model.runners, hold_seconds=0))
+        return ServedModel(model, MicroBatcher(model.runners, max_batch_size=16, max_wait=0.005))
+
+    store = ModelStore(export, load)
+    indices = [i % len(split.paths) for i in range(32)]
+
+    async def send_all() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(store))
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve", timeout=TIMEOUT) as client:
+            body = [{"instances": [{"b64": b64(split.image(i))}]} for i in indices]
+            return await asyncio.gather(*(client.post(TF_PREDICT, json=b) for b in body))
+
+    try:
+        responses = asyncio.run(send_all())
+        with store.lease() as served:
+            batches = served.batcher.batches
+    finally:
+        store.close()
+    assert [r.status_code for r in responses] == [200] * 32
+    top1 = [split.labels[int(np.argmax(r.json()["predictions"][0]["scores"]))] for r in responses]
+    assert top1 == [split.expected(i) for i in indices]
+    assert batches == probes[0].calls < 32 and sum(probes[0].batch_sizes) == 32
+
+
+# --- 6. load ----------------------------------------------------------------------------------------------
+
+
+def test_load_500_requests_from_16_clients(server: Server, split: Split) -> None:
+    """Zero errors, every top-1 right, and exactly one access-log line per request."""
+    count = 500
+
+    def one(i: int) -> str | None:
+        index = i % len(split.paths)
+        try:
+            if i % 2:
+                response = upload(client, split.image(index), query=f"?top_k=3&tag=load-{i}")
+            else:
+                body = {"instances": [{"b64": b64(split.image(index))}]}
+                response = client.post(f"{TF_PREDICT}?tag=load-{i}", json=body)
+            if response.status_code != 200:
+                return f"request {i}: {response.status_code} {response.text[:200]}"
+            answer = response.json()
+            if i % 2:
+                got = answer["predictions"][0]["label"]
+            else:
+                got = split.labels[int(np.argmax(answer["predictions"][0]["scores"]))]
+        except Exception as e:
+            return f"request {i}: {type(e).__name__}: {e}"
+        return None if got == split.expected(index) else f"request {i}: {got!r} != {split.expected(index)!r}"
+
+    started = time.monotonic()
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    with server.client(limits=limits) as client, ThreadPoolExecutor(16) as pool:
+        problems = [p for p in pool.map(one, range(count)) if p]
+    elapsed = time.monotonic() - started
+    assert problems == []
+    assert elapsed < 240, f"{count} requests took {elapsed:.0f} s"
+    assert_one_log_line_each(server, [f"load-{i}" for i in range(count)], "load-")
+
+
+# --- 7. reload ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Models:
+    """A models/ folder with a `latest` link that the reload server watches."""
+
+    root: Path
+    original: Path  # a copy of the digits export
+
+    def add(self, name: str, edit: Callable[[Path], None] | None = None) -> Path:
+        """A new export copied from the original, optionally changed by `edit`."""
+        target = self.root / name
+        shutil.copytree(self.original, target)
+        if edit:
+            edit(target)
+        return target
+
+    def point_latest_at(self, export: Path) -> None:
+        """Moves `latest` atomically, as retrain does: a new link renamed over the old one."""
+        staging = self.root / ".latest.tmp"
+        staging.unlink(missing_ok=True)
+        staging.symlink_to(export.name)
+        os.replace(staging, self.root / "latest")
+
+
+def relabel(export: Path) -> None:
+    """'0'..'9' -> 'zero'..'nine' in model.json and labels.txt: a new valid model without retraining."""
+    info = json.loads((export / "model.json").read_text())
+    info["labels"] = [NAMES[int(label)] for label in info["labels"]]
+    (export / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    (export / "labels.txt").write_text("".join(f"{label}\n" for label in info["labels"]))
+
+
+@pytest.fixture(scope="module")
+def models(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    root = tmp_path_factory.mktemp("reload") / "models"
+    root.mkdir()
+    original = root / "v1"
+    shutil.copytree(export, original, ignore=shutil.ignore_patterns("saved_model"))  # serve needs no SavedModel
+    catalogue = Models(root, original)
+    catalogue.point_latest_at(original)
+    return catalogue
+
+
+@pytest.fixture(scope="module")
+def reload_server(models: Models) -> Iterator[Server]:
+    running = start_server(models.root / "latest", models.root.parent / "server.log", "--poll_seconds", "0.5")
+    yield running
+    running.stop()
+
+
+class Traffic:
+    """Requests in a loop from a few threads, for as long as the block lasts: what a reload runs into."""
+
+    def __init__(self, server: Server, image: bytes, name: str, threads: int = 4):
+        self.prefix = f"{name}-"  # of every request's ?tag=, so the access log can be checked
+        self.answers: list[tuple[str, int | str, str | None, frozenset[str]]] = []  # tag, status, top-1, labels
+        self._server, self._image = server, image
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(threads)]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        wait_for(lambda: len(self.answers) >= 3, "the first answers")
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=TIMEOUT + 10)
+
+    def _loop(self, worker: int) -> None:
+        with self._server.client() as client:
+            n = 0
+            while not self._stop.is_set():
+                tag, n = f"{self.prefix}{worker}-{n}", n + 1
+                self._record(tag, client, n % 2 == 0)
+
+    def _ask(self, client: httpx.Client, tag: str, upload_it: bool) -> tuple[int, str | None, frozenset[str]]:
+        if upload_it:
+            response = upload(client, self._image, query=f"?top_k=10&tag={tag}")
+            if response.status_code != 200:
+                return response.status_code, None, frozenset()
+            ranked = response.json()["predictions"]
+            return 200, ranked[0]["label"], frozenset(p["label"] for p in ranked)
+        response = client.post(f"{TF_PREDICT}?tag={tag}", json={"instances": [{"b64": b64(self._image)}]})
+        if response.status_code != 200:
+            return response.status_code, None, frozenset()
+        (row,) = response.json()["predictions"]
+        return 200, row["classes"][int(np.argmax(row["scores"]))], frozenset(row["classes"])
+
+    def _record(self, tag: str, client: httpx.Client, upload_it: bool) -> None:
+        try:
+            status, top1, labels = self._ask(client, tag, upload_it)
+        except Exception as e:
+            status, top1, labels = f"{type(e).__name__}: {e}", None, frozenset()
+        with self._lock:
+            self.answers.append((tag, status, top1, labels))
+
+    def failures(self) -> list[tuple]:
+        return [a for a in self.answers if a[1] != 200]
+
+    def digits(self) -> set[str]:
+        """The top-1 answers as digits, whether they came from the original or the relabelled model."""
+        return {str(NAMES.index(top1)) if top1 in NAMES else top1 for _, _, top1, _ in self.answers}
+
+    def assert_one_log_line_each(self) -> None:
+        assert_one_log_line_each(self._server, [a[0] for a in self.answers], self.prefix)
+
+
+@pytest.fixture(scope="module")
+def big_digit(export: Path, split: Split) -> tuple[bytes, str]:
+    """A test digit blown up to 1600x1600 px, and its label from an in-process LiteRT run.
+
+    Its ~40 ms of preprocessing happens after a request has taken the current model and before it
+    reaches that model's interpreter, so a reload under this traffic finds requests in that gap.
+    """
+    from serve.preprocess import preprocess
+    from serve.runtime import load_model
+
+    data = png(Image.open(split.paths[0]).resize((1600, 1600), Image.Resampling.NEAREST))
+    model = load_model(export)
+    scores = model.runners[0].scores(preprocess(data, model.info.input_spec)[np.newaxis])[0]
+    return data, model.labels[int(np.argmax(scores))]
+
+
+def _ready(server: Server) -> dict:
+    with server.client() as client:
+        return client.get("/readyz").json()
+
+
+def _sighup_and_wait(server: Server, traffic: Traffic) -> None:
+    """One SIGHUP; returns once the log says it reloaded and a few requests were answered after it."""
+    reloads = server.log().count("reloaded: now serving")
+    server.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: server.log().count("reloaded: now serving") > reloads, "the SIGHUP reload")
+    seen = len(traffic.answers)
+    wait_for(lambda: len(traffic.answers) >= seen + 4, "answers after the reload")
+
+
+def test_sighup_reloads_and_keeps_serving(reload_server: Server, big_digit: tuple[bytes, str]) -> None:
+    """Three SIGHUPs under traffic: each reloads, no request fails, the same export keeps serving."""
+    image, digit = big_digit
+    before = _ready(reload_server)
+    with Traffic(reload_server, image, "sighup") as traffic:
+        for _ in range(3):
+            _sighup_and_wait(reload_server, traffic)
+    assert traffic.failures() == []
+    assert traffic.digits() == {digit}
+    assert _ready(reload_server) == before  # the same export again: same directory, same version
+    assert reload_server.process.poll() is None
+    traffic.assert_one_log_line_each()
+
+
+def test_a_new_export_behind_latest_is_served_without_restart(
+    reload_server: Server, models: Models, split: Split, big_digit: tuple[bytes, str]
+) -> None:
+    """Relabelled copy behind `latest`: new labels within seconds, and no request fails during the swap."""
+    before = _ready(reload_server)
+    renamed = models.add(f"relabelled-{time.monotonic_ns()}", relabel)
+    old_labels, new_labels = frozenset(split.labels), frozenset(NAMES)
+    digit = int(split.expected(0))
+
+    with reload_server.client() as client, Traffic(reload_server, big_digit[0], "relabel") as traffic:
+        models.point_latest_at(renamed)
+        wait_for(lambda: client.get("/labels").json()["labels"] == NAMES, "/labels to show the new labels", 60)
+        seen = len(traffic.answers)
+        wait_for(lambda: len(traffic.answers) >= seen + 6, "answers after the swap")
+        answer = upload(client, split.image(0)).json()
+        status = client.get(f"/v1/models/{MODEL}").json()["model_version_status"][0]
+
+    assert traffic.failures() == []
+    label_sets = [labels for _, _, _, labels in traffic.answers]
+    assert set(label_sets) == {old_labels, new_labels}  # the swap happened while requests were running
+    assert label_sets.index(new_labels) > 0 and label_sets[-1] == new_labels
+    assert traffic.digits() == {big_digit[1]}
+    assert answer["predictions"][0]["label"] == NAMES[digit]
+    after = _ready(reload_server)
+    assert after["model"] == str(renamed.resolve()) != before["model"]
+    assert after["version"] != before["version"] and status["version"] == str(after["version"])
+    assert reload_server.process.poll() is None and reload_server.log().count("Started server process") == 1
+    traffic.assert_one_log_line_each()
+
+
+def _truncate_tflite(export: Path) -> None:
+    tflite = export / "model.tflite"
+    tflite.write_bytes(tflite.read_bytes()[:4096])
+
+
+def _remove_model_json(export: Path) -> None:
+    (export / "model.json").unlink()
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [(_truncate_tflite, "model.tflite cannot be run"), (_remove_model_json, "no model.json")],
+    ids=["truncated-tflite", "missing-model-json"],
+)
+def test_a_broken_export_behind_latest_is_refused(
+    reload_server: Server, models: Models, split: Split, big_digit: tuple[bytes, str], breakage, message: str
+) -> None:
+    """The old model keeps serving, the refusal is logged, and a good export after it still loads."""
+    before = _ready(reload_server)
+    with reload_server.client() as client:
+        labels_before = client.get("/labels").json()["labels"]
+    broken = models.add(f"broken-{time.monotonic_ns()}", breakage)
+    with Traffic(reload_server, big_digit[0], broken.name) as traffic:
+        models.point_latest_at(broken)
+        refusal = re.compile(rf"reload refused, still serving {re.escape(before['model'])}: .*{re.escape(message)}")
+        wait_for(lambda: refusal.search(reload_server.log()), "the refusal in the log", 60)
+        seen = len(traffic.answers)
+        wait_for(lambda: len(traffic.answers) >= seen + 6, "answers after the refusal")
+    assert traffic.failures() == []
+    assert len({labels for _, _, _, labels in traffic.answers}) == 1 and traffic.digits() == {big_digit[1]}
+    assert _ready(reload_server) == before
+    with reload_server.client() as client:
+        assert client.get("/labels").json()["labels"] == labels_before
+    assert str(broken.resolve()) in reload_server.log()
+    traffic.assert_one_log_line_each()
+
+    good = models.add(f"good-{time.monotonic_ns()}")
+    models.point_latest_at(good)
+    wait_for(lambda: _ready(reload_server)["model"] == str(good.resolve()), "a good export after the broken one")
+    assert_serves_normally(reload_server, split)
+
+
+# --- 8. start-up failures -------------------------------------------------------------------------------
+
+
+def _startup_case(case: str, export: Path, tmp_path: Path) -> tuple[list[str], str]:
+    if case == "no-such-dir":
+        return ["--model_dir", str(tmp_path / "nope")], "is not a directory"
+    if case == "no-flag-and-no-models-latest":
+        return [], "models/latest is not a directory"
+    if case == "no-model-json":
+        (tmp_path / "half").mkdir()
+        shutil.copy(export / "model.tflite", tmp_path / "half" / "model.tflite")
+        return ["--model_dir", str(tmp_path / "half")], "no model.json"
+    if case == "corrupt-model-tflite":
+        broken = tmp_path / "broken"
+        shutil.copytree(export, broken, ignore=shutil.ignore_patterns("saved_model"))
+        _truncate_tflite(broken)
+        return ["--model_dir", str(broken)], "model.tflite cannot be run"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case", ["no-such-dir", "no-flag-and-no-models-latest", "no-model-json", "corrupt-model-tflite"]
+)
+def test_start_up_failure_is_one_line_and_exit_2(case: str, export: Path, tmp_path: Path) -> None:
+    args, message = _startup_case(case, export, tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    completed = subprocess.run(
+        [*SERVE, *args, "--host", "127.0.0.1", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # no models/latest here
+        env=env,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.count("\n") == 1 and completed.stderr.startswith("serve: error: ")
+    assert message in completed.stderr
+
+
+# --- 9. the predict command -----------------------------------------------------------------------------
+
+
+def serve_predict(export: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SERVE, "--model_dir", str(export), "predict", *args], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+
+
+def test_cli_predict_prints_ranked_labels(export: Path, split: Split) -> None:
+    completed = serve_predict(export, str(split.paths[0]), str(split.paths[1]), "--top_k", "3")
+    assert completed.returncode == 0 and completed.stderr == ""
+    lines = completed.stdout.splitlines()
+    assert len(lines) == 2
+    for index, line in enumerate(lines):
+        path, _, ranking = line.partition(": ")
+        pairs = re.findall(r"(\S+) \((\d\.\d{3})\)", ranking)
+        assert path == str(split.paths[index]) and len(pairs) == 3
+        scores = [float(score) for _, score in pairs]
+        assert pairs[0][0] == split.expected(index) and scores == sorted(scores, reverse=True)
+        assert abs(scores[0] - split.probabilities[index].max()) < 2e-3
+
+
+def test_cli_predict_json_is_one_object_per_line(export: Path, split: Split) -> None:
+    completed = serve_predict(export, str(split.paths[2]), str(split.paths[3]), "--json")
+    assert completed.returncode == 0 and completed.stderr == ""
+    objects = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert [o["file"] for o in objects] == [str(split.paths[2]), str(split.paths[3])]
+    for index, answer in zip((2, 3), objects, strict=True):
+        ranked = answer["predictions"]
+        assert len(ranked) == 5 and ranked[0]["label"] == split.expected(index)
+        assert [p["score"] for p in ranked] == sorted((p["score"] for p in ranked), reverse=True)
+        np.testing.assert_allclose(ranked[0]["score"], split.probabilities[index].max(), atol=1e-3)
+
+
+def test_cli_predict_names_a_bad_file_answers_the_rest_and_exits_2(export: Path, split: Split, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(TEXT)
+    completed = serve_predict(export, str(split.paths[0]), str(notes), str(split.paths[1]), "--top_k", "1")
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1 and completed.stderr.startswith(f"serve: error: {notes}: ")
+    answered = [re.fullmatch(r"(\S+): (\S+) \((\d\.\d{3})\)", line) for line in completed.stdout.splitlines()]
+    assert [(m[1], m[2]) for m in answered] == [(str(split.paths[i]), split.expected(i)) for i in (0, 1)]
+    for index, match in zip((0, 1), answered, strict=True):
+        assert abs(float(match[3]) - split.probabilities[index].max()) < 2e-3
+
+
+# --- 10. access log -------------------------------------------------------------------------------------
+
+
+def test_text_access_log_is_one_line_per_request_with_latency(server: Server) -> None:
+    probes = [f"text-{i}" for i in range(5)]
+    with server.client() as client:
+        for probe in probes:
+            assert client.get(f"/healthz?tag={probe}").status_code == 200
+        assert client.get("/v1/models/nope?tag=text-404").status_code == 404
+    assert_one_log_line_each(server, [*probes, "text-404"], "text-")
+    lines = [line for line in server.log().splitlines() if "tag=text-" in line]
+    pattern = re.compile(r'^\S+ \S+ 127\.0\.0\.1 "GET (\S+)" (\d{3}) \d+\.\dms$')
+    parsed = [pattern.match(line) for line in lines]
+    assert all(parsed), lines
+    assert {(m[1], m[2]) for m in parsed} == {(f"/healthz?tag={p}", "200") for p in probes} | {
+        ("/v1/models/nope?tag=text-404", "404")
+    }
+
+
+def test_json_access_log_has_method_path_status_and_latency(small_server: Server, split: Split) -> None:
+    with small_server.client() as client:
+        assert upload(client, split.image(0), query="?tag=json-ok").status_code == 200
+        assert upload(client, TEXT, query="?tag=json-415").status_code == 415
+    assert_one_log_line_each(small_server, ["json-ok", "json-415"], "json-")
+    records = [json.loads(line) for line in small_server.log().splitlines() if "tag=json-" in line]
+    statuses = {}
+    for record in records:
+        assert record["method"] == "POST" and record["path"].startswith("/predict?tag=json-")
+        assert isinstance(record["latency_ms"], int | float) and record["latency_ms"] >= 0
+        statuses[record["path"]] = record["status"]
+    assert statuses == {"/predict?tag=json-ok": 200, "/predict?tag=json-415": 415}
