@@ -21,7 +21,7 @@ _STOP = object()
 
 
 class MicroBatcher:
-    def __init__(self, runners: list[Runner], max_batch_size: int = 16, max_wait: float = 0.002):
+    def __init__(self, runners: list[Runner], max_batch_size: int = 4, max_wait: float = 0.002):
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

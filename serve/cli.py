@@ -43,7 +43,13 @@ class ServeError(Exception):
 @click.option(
     "--threads_per_worker", type=click.IntRange(min=1), help="Interpreter threads.  [default: cores / workers]"
 )
-@click.option("--max_batch_size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--max_batch_size",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most images per interpreter call; small, so every worker gets a share of a burst.",
+)
 @click.option(
     "--batch_timeout_ms",
     default=2.0,

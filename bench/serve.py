@@ -1,0 +1,642 @@
+"""Serving latency and throughput against the bare LiteRT forward pass.
+
+Run: `.venv/bin/python bench/serve.py [--model_dir DIR]`. Without --model_dir it first trains a
+small model on the bundled digits (200 steps; bottlenecks come from ~/.cache/retrain). Then, on the
+same model and the same interpreter settings the server uses, it measures:
+
+  bare        one LiteRT interpreter, batch 1, on a preprocessed digit (the floor a request can reach);
+  sequential  one client, one keep-alive connection, requests one after another to a real
+              `python -m serve` subprocess on 127.0.0.1: `POST /predict` (multipart upload) and
+              TF Serving's `POST /v1/models/<name>:predict` (`{"instances": [{"b64": ...}]}`);
+  load        requests/s with 1, 4 and 16 clients (threads, each with its own keep-alive connection);
+
+and checks the targets: single-client p50 <= 1.5 x bare + 5 ms; throughput at 16 clients >= 2 x at 1.
+The client is Python on the same cores as the server, so its CPU use is measured and printed too;
+so is every other process's, and each phase first waits for the machine to be idle.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_DIR = REPO / "image_dirs" / "digits"
+RESULTS_DIR = REPO / "bench" / "results"
+
+# This script is itself named serve.py: make `import serve` mean the package, not this file.
+sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
+
+MODEL_NAME = "retrained"  # the server's default --model_name
+CLIENTS = (1, 4, 16)
+BOUNDARY = "benchserveboundary7d1f"
+
+LATENCY_FACTOR, LATENCY_SLACK_MS = 1.5, 5.0  # p50 single client <= 1.5 x bare + 5 ms
+SCALING_MIN = 2.0  # throughput at 16 clients >= 2 x throughput at 1
+
+IDLE_CORES = 0.1  # "idle": other processes use less than this many cores ...
+IDLE_SECONDS = 5.0  # ... averaged over this long
+
+
+# --- CPU accounting -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU seconds: the whole machine (busy), this process (the client), the server; and wall time."""
+
+    machine: float
+    client: float
+    server: float
+    wall: float
+
+
+@dataclass
+class CpuUse:
+    """Average cores used during a block: by the client (this process), the server, and everything else."""
+
+    client: float = 0.0
+    server: float = 0.0
+    other: float = 0.0
+    seconds: float = 0.0
+
+
+def _machine_busy_seconds() -> float | None:
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_seconds(pid: int | None) -> float:
+    """utime + stime of another process (all its threads), from /proc/<pid>/stat; 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def cpu_sample(server_pid: int | None = None) -> CpuSample:
+    """Off Linux the machine counts as busy only with our own CPU, so it reads as idle."""
+    client = sum(os.times()[:2])
+    server = _process_seconds(server_pid)
+    machine = _machine_busy_seconds()
+    return CpuSample(client + server if machine is None else machine, client, server, time.perf_counter())
+
+
+def cpu_use(start: CpuSample, end: CpuSample) -> CpuUse:
+    wall = max(end.wall - start.wall, 1e-9)
+    client, server = end.client - start.client, end.server - start.server
+    other = max(0.0, (end.machine - start.machine) - client - server)
+    return CpuUse(client / wall, server / wall, other / wall, wall)
+
+
+class CpuMeter:
+    """Cores used by client, server and other processes while a block runs; the rates mean little if `other` > 0.1."""
+
+    def __init__(self, server_pid: int | None = None) -> None:
+        self.server_pid = server_pid
+        self.use = CpuUse()
+
+    def __enter__(self) -> CpuMeter:
+        self._start = cpu_sample(self.server_pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.use = cpu_use(self._start, cpu_sample(self.server_pid))
+
+
+def wait_for_idle(server_pid: int | None, timeout: float) -> tuple[float, float]:
+    """Polls until other processes used < IDLE_CORES over the last IDLE_SECONDS; (seconds waited, their load).
+
+    Gives up after `timeout` seconds (the phase then runs anyway and reports how busy it was).
+    """
+    started = time.perf_counter()
+    samples = [cpu_sample(server_pid)]
+    while True:
+        time.sleep(0.25)
+        samples.append(cpu_sample(server_pid))
+        while len(samples) > 2 and samples[-1].wall - samples[1].wall >= IDLE_SECONDS:
+            samples.pop(0)
+        if samples[-1].wall - samples[0].wall >= IDLE_SECONDS:
+            other = cpu_use(samples[0], samples[-1]).other
+            if other < IDLE_CORES or time.perf_counter() - started >= timeout:
+                return time.perf_counter() - started, other
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """One measured phase: latencies (ms) of every request, the rate, and who used the CPU meanwhile."""
+
+    name: str
+    clients: int
+    latencies_ms: list[float]
+    seconds: float
+    cpu: CpuUse
+    waited_seconds: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+    def cpu_ms_per_request(self, cores: float) -> float:
+        return cores * self.seconds / self.requests * 1000
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "clients": self.clients,
+            "requests": self.requests,
+            "seconds": self.seconds,
+            "rate": self.rate,
+            "p50_ms": self.percentile(50),
+            "p90_ms": self.percentile(90),
+            "p99_ms": self.percentile(99),
+            "cpu_cores": asdict(self.cpu),
+            "waited_for_idle_seconds": self.waited_seconds,
+        }
+
+
+@dataclass
+class ServerOptions:
+    """The server's knobs; None leaves the server's own default."""
+
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    max_batch_size: int | None = None
+    batch_timeout_ms: float | None = None
+
+    def args(self) -> list[str]:
+        return [f"--{key}={value}" for key, value in asdict(self).items() if value is not None]
+
+    def effective(self) -> dict[str, float]:
+        """What the server will use: serve.cli's defaults filled in."""
+        workers = self.workers or os.cpu_count() or 1
+        return {
+            "workers": workers,
+            "threads_per_worker": self.threads_per_worker or max(1, (os.cpu_count() or 1) // workers),
+            "max_batch_size": 16 if self.max_batch_size is None else self.max_batch_size,
+            "batch_timeout_ms": 2.0 if self.batch_timeout_ms is None else self.batch_timeout_ms,
+        }
+
+
+@dataclass
+class Results:
+    bare_ms: float
+    bare_p90_ms: float
+    preprocess_ms: float
+    phases: list[Phase] = field(default_factory=list)
+
+    def phase(self, name: str) -> Phase:
+        return next(p for p in self.phases if p.name == name)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model_dir", type=click.Path(file_okay=False, path_type=Path), help="[default: train one on digits]")
+@click.option("--requests", default=300, show_default=True, type=click.IntRange(min=10), help="Sequential requests.")
+@click.option("--duration", default=6.0, show_default=True, type=click.FloatRange(min=0.5), help="Seconds per load.")
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Client counts take turns this many times, so a drift in machine speed hits them all alike.",
+)
+@click.option("--bare_runs", default=300, show_default=True, type=click.IntRange(min=10), help="Bare inferences.")
+@click.option("--idle_timeout", default=300.0, show_default=True, type=click.FloatRange(min=0), help="Max idle wait.")
+@click.option("--workers", type=click.IntRange(min=1), help="Passed to the server.  [default: the server's]")
+@click.option("--threads_per_worker", type=click.IntRange(min=1), help="Passed to the server.")
+@click.option("--max_batch_size", type=click.IntRange(min=1), help="Passed to the server.")
+@click.option("--batch_timeout_ms", type=click.FloatRange(min=0), help="Passed to the server.")
+@click.option("--json", "write_json", is_flag=True, help="Also write the results to bench/results/.")
+def main(
+    model_dir: Path | None,
+    requests: int,
+    duration: float,
+    rounds: int,
+    bare_runs: int,
+    idle_timeout: float,
+    write_json: bool,
+    **knobs: float | None,
+) -> None:
+    """Prints bare inference, HTTP latency and throughput, and PASS/MISS per target."""
+    started = time.perf_counter()
+    options = ServerOptions(**knobs)
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(_machine())
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        if model_dir is None:
+            model_dir = _train_model(Path(tmp) / "model")
+        print(f"model: {model_dir}")
+        settings = options.effective()
+        print("server settings: " + ", ".join(f"{k}={v:g}" for k, v in settings.items()), flush=True)
+        images = _digit_images()
+        results = _bare(model_dir, settings, images, bare_runs, idle_timeout)
+        with _server(model_dir, options, Path(tmp) / "server.log") as (port, pid):
+            results.phases += _http_phases(port, pid, images, requests, duration, rounds, idle_timeout)
+    elapsed = time.perf_counter() - started
+
+    print()
+    _print_table(results)
+    print()
+    verdicts = _print_targets(results)
+    other = max(p.cpu.other for p in results.phases)
+    waited = sum(p.waited_seconds for p in results.phases)
+    print(
+        f"\ntotal run time: {elapsed:.0f}s (of which {waited:.0f}s waiting for an idle machine); other processes "
+        f"used at most {other:.2f} of {os.cpu_count()} cores during a phase"
+    )
+    if other > IDLE_CORES:
+        print("warning: the machine was not idle, so the figures above are not reliable; run again when it is")
+    if write_json:
+        path = _write_json(results, verdicts, settings, model_dir, elapsed)
+        print(f"results written to {path.relative_to(REPO)}")
+
+
+def _train_model(output_dir: Path) -> Path:
+    """A real export to serve: retrain on the bundled digits, briefly (accuracy does not matter here)."""
+    command = [sys.executable, "-m", "retrain", "--image_dir", "image_dirs/digits", "--output_dir", str(output_dir)]
+    command += ["--how_many_training_steps", "200"]
+    print(f"making a model: {shlex.join(command)}", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise click.ClickException(f"retrain failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    print(f"  trained and exported in {time.perf_counter() - started:.0f}s", flush=True)
+    return output_dir
+
+
+def _digit_images() -> list[bytes]:
+    """One PNG of each digit: requests cycle through them, so no response is a cache hit anywhere."""
+    paths = [next(iter(sorted(folder.glob("*.png")))) for folder in sorted(DIGITS_DIR.iterdir()) if folder.is_dir()]
+    if not paths:
+        raise click.ClickException(f"no digits under {DIGITS_DIR}")
+    return [path.read_bytes() for path in paths]
+
+
+def _bare(model_dir: Path, settings: dict, images: list[bytes], runs: int, idle_timeout: float) -> Results:
+    """Median batch-1 inference of one of the server's interpreters, and of preprocessing, in this process."""
+    from serve.preprocess import preprocess
+    from serve.runtime import load_model
+
+    model = load_model(model_dir, int(settings["workers"]), int(settings["threads_per_worker"]))
+    spec = model.info.input_spec
+    pixels = [preprocess(data, spec)[np.newaxis] for data in images]
+    runner = model.runners[0]
+    for index in range(30):
+        runner.scores(pixels[index % len(pixels)])
+    waited, _ = _wait(None, idle_timeout, "bare inference")
+    times = []
+    with CpuMeter() as meter:
+        for index in range(runs):
+            begin = time.perf_counter()
+            runner.scores(pixels[index % len(pixels)])
+            times.append((time.perf_counter() - begin) * 1000)
+    prep_times = []
+    for index in range(100):
+        begin = time.perf_counter()
+        preprocess(images[index % len(images)], spec)
+        prep_times.append((time.perf_counter() - begin) * 1000)
+    bare_ms = float(np.median(times))
+    print(f"  bare inference {bare_ms:.2f} ms (other processes: {meter.use.other:.2f} cores)", flush=True)
+    del model, runner
+    results = Results(bare_ms, float(np.percentile(times, 90)), float(np.median(prep_times)))
+    results.phases.append(Phase("bare", 1, times, sum(times) / 1000, meter.use, waited))
+    return results
+
+
+def _wait(server_pid: int | None, timeout: float, what: str) -> tuple[float, float]:
+    waited, other = wait_for_idle(server_pid, timeout)
+    state = "idle" if other < IDLE_CORES else "NOT idle, gave up waiting"
+    print(f"[{what}] waited {waited:.0f}s: other processes {other:.2f} cores over {IDLE_SECONDS:g}s ({state})")
+    return waited, other
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _server(model_dir: Path, options: ServerOptions, log_path: Path) -> Iterator[tuple[int, int]]:
+    """A real `python -m serve` on 127.0.0.1 (its log goes to a file: a full pipe would stall it)."""
+    port = _free_port()
+    command = [sys.executable, "-m", "serve", "--model_dir", str(model_dir), "--host", "127.0.0.1"]
+    command += ["--port", str(port), *options.args()]
+    print(f"server: {shlex.join(command)}", flush=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(port, process, log_path)
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(port: int, process: subprocess.Popen, log_path: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"the server exited ({process.returncode}):\n{log_path.read_text()[-2000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                connection.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise click.ClickException(f"the server was not ready after {timeout:.0f}s:\n{log_path.read_text()[-2000:]}")
+
+
+# --- the client -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestKind:
+    """A pre-encoded request: the client only sends bytes, so it costs the shared CPU as little as it can."""
+
+    path: str
+    bodies: list[bytes]
+    headers: dict[str, str]
+
+
+def _multipart(images: list[bytes]) -> RequestKind:
+    def body(data: bytes, index: int) -> bytes:
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="digit{index}.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        )
+        return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    content_type = f"multipart/form-data; boundary={BOUNDARY}"
+    return RequestKind("/predict", [body(d, i) for i, d in enumerate(images)], {"Content-Type": content_type})
+
+
+def _tf_serving(images: list[bytes]) -> RequestKind:
+    bodies = [json.dumps({"instances": [{"b64": base64.b64encode(d).decode()}]}).encode() for d in images]
+    return RequestKind(f"/v1/models/{MODEL_NAME}:predict", bodies, {"Content-Type": "application/json"})
+
+
+def _send(connection: http.client.HTTPConnection, kind: RequestKind, body: bytes) -> bytes:
+    connection.request("POST", kind.path, body, kind.headers)
+    response = connection.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{kind.path}: HTTP {response.status}: {payload[:200]!r}")
+    return payload
+
+
+def _client_loop(
+    port: int, kind: RequestKind, offset: int, warm_up: int, start: threading.Barrier, stop: Sequence[float]
+) -> list[float]:
+    """One client: warm up its connection, wait for the others, then send until `stop[0]`; latencies in ms."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    bodies, count = kind.bodies, len(kind.bodies)
+    for index in range(warm_up):
+        _send(connection, kind, bodies[(offset + index) % count])
+    start.wait()
+    latencies = []
+    index = offset
+    clock = time.perf_counter
+    while clock() < stop[0]:
+        begin = clock()
+        _send(connection, kind, bodies[index % count])
+        latencies.append((clock() - begin) * 1000)
+        index += 1
+    connection.close()
+    return latencies
+
+
+def _sequential(port: int, pid: int, name: str, kind: RequestKind, requests: int) -> Phase:
+    """One client, requests back to back: the latency a lone user sees."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    reply = json.loads(_send(connection, kind, kind.bodies[0]))
+    if not (reply.get("predictions") or reply.get("results")):
+        raise RuntimeError(f"{kind.path}: unexpected reply {reply}")
+    for index in range(20):
+        _send(connection, kind, kind.bodies[index % len(kind.bodies)])
+    latencies = []
+    with CpuMeter(pid) as meter:
+        for index in range(requests):
+            begin = time.perf_counter()
+            _send(connection, kind, kind.bodies[index % len(kind.bodies)])
+            latencies.append((time.perf_counter() - begin) * 1000)
+    connection.close()
+    return Phase(name, 1, latencies, meter.use.seconds, meter.use)
+
+
+def _load(port: int, pid: int, kind: RequestKind, clients: int, duration: float) -> Phase:
+    """`clients` threads with their own connections, for `duration` seconds; rate = completed / elapsed."""
+    start = threading.Barrier(clients + 1)
+    stop = [float("inf")]
+    outputs: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[BaseException] = []
+
+    def run(slot: int) -> None:
+        try:
+            outputs[slot] = _client_loop(port, kind, slot, 3, start, stop)
+        except BaseException as e:  # reported below, after every thread is done
+            errors.append(e)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(slot,), daemon=True) for slot in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        for thread in threads:
+            thread.join()
+        raise errors[0] from None
+    with CpuMeter(pid) as meter:
+        stop[0] = time.perf_counter() + duration
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return Phase(f"{clients} clients", clients, [ms for out in outputs for ms in out], meter.use.seconds, meter.use)
+
+
+def _http_phases(
+    port: int, pid: int, images: list[bytes], requests: int, duration: float, rounds: int, idle_timeout: float
+) -> list[Phase]:
+    """Sequential latency on both endpoints, then throughput at every client count (uploads)."""
+    multipart, tf_serving = _multipart(images), _tf_serving(images)
+    phases = []
+    for name, kind in (("/predict multipart", multipart), (":predict b64 JSON", tf_serving)):
+        waited, _ = _wait(pid, idle_timeout, name)
+        phase = _sequential(port, pid, name, kind, requests)
+        phase.waited_seconds = waited
+        print(f"  p50 {phase.percentile(50):.2f} ms (other processes: {phase.cpu.other:.2f} cores)", flush=True)
+        phases.append(phase)
+    waited, _ = _wait(pid, idle_timeout, "throughput")
+    runs: dict[int, list[Phase]] = {clients: [] for clients in CLIENTS}
+    for round_ in range(rounds):
+        for clients in CLIENTS:
+            runs[clients].append(_load(port, pid, multipart, clients, duration / rounds))
+        line = ", ".join(f"{c} clients {runs[c][-1].rate:.1f} req/s ({runs[c][-1].cpu.other:.2f})" for c in CLIENTS)
+        print(f"  round {round_ + 1}: {line}", flush=True)
+    merged = [_merge(f"{clients} clients", clients, runs[clients]) for clients in CLIENTS]
+    merged[0].waited_seconds = waited
+    return phases + merged
+
+
+def _merge(name: str, clients: int, parts: list[Phase]) -> Phase:
+    """Rounds of one client count as one phase: all requests over all their seconds; cores time-weighted."""
+    seconds = sum(p.seconds for p in parts)
+
+    def cores(pick: str) -> float:
+        return sum(getattr(p.cpu, pick) * p.seconds for p in parts) / seconds
+
+    cpu = CpuUse(cores("client"), cores("server"), cores("other"), seconds)
+    return Phase(name, clients, [ms for p in parts for ms in p.latencies_ms], seconds, cpu)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    names = ("ai-edge-litert", "fastapi", "starlette", "uvicorn", "python-multipart", "numpy", "pillow")
+    found = {}
+    for name in (*names, "httptools", "uvloop"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def _machine() -> str:
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
+    return (
+        f"machine: {_cpu_model()}, {cores} cores ({usable} usable), {platform.system()} {platform.machine()}\n"
+        f"software: Python {platform.python_version()}, {versions}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _print_table(results: Results) -> None:
+    print(f"bare LiteRT inference, batch 1: {results.bare_ms:.2f} ms median (p90 {results.bare_p90_ms:.2f} ms)")
+    print(f"preprocess one digit PNG (decode, crop, resize, normalise): {results.preprocess_ms:.2f} ms median")
+    print()
+    header = (
+        f"{'phase':<19} {'clients':>7} {'requests':>8} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7} "
+        f"{'client ms':>9} {'server ms':>9} {'cores':>5} {'other':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for p in results.phases:
+        if p.name == "bare":
+            continue
+        print(
+            f"{p.name:<19} {p.clients:>7} {p.requests:>8} {p.percentile(50):>7.2f} {p.percentile(99):>7.2f} "
+            f"{p.rate:>7.1f} {p.cpu_ms_per_request(p.cpu.client):>9.2f} {p.cpu_ms_per_request(p.cpu.server):>9.2f} "
+            f"{p.cpu.client + p.cpu.server:>5.2f} {p.cpu.other:>5.2f}"
+        )
+    print(
+        "client/server ms = CPU time per request, all threads; cores = busy cores of client + server; other = cores\n"
+        "used by other processes meanwhile. Throughput: client counts took turns in rounds, totals over all rounds.\n"
+        f"The load-generating client is Python on the same {os.cpu_count()} cores as the server: the CPU it uses is "
+        "the server's loss."
+    )
+
+
+def _print_targets(results: Results) -> list[dict]:
+    p50 = results.phase("/predict multipart").percentile(50)
+    limit = LATENCY_FACTOR * results.bare_ms + LATENCY_SLACK_MS
+    scaling = results.phase(f"{CLIENTS[-1]} clients").rate / results.phase(f"{CLIENTS[0]} clients").rate
+    rule = f"<= {LATENCY_FACTOR} x {results.bare_ms:.2f} + {LATENCY_SLACK_MS:g} = {limit:.2f}"
+    checks = [
+        ("single-client p50 ms", p50, rule),
+        (f"throughput {CLIENTS[-1]}/{CLIENTS[0]} clients", scaling, f">= {SCALING_MIN:g}"),
+    ]
+    passed = [p50 <= limit, scaling >= SCALING_MIN]
+    verdicts = []
+    for (name, value, target), ok in zip(checks, passed, strict=True):
+        verdict = "PASS" if ok else "MISS"
+        verdicts.append({"target": name, "value": value, "rule": target, "verdict": verdict})
+        print(f"{verdict}  {name:<26} {value:6.2f}  (target {target})")
+    return verdicts
+
+
+def _write_json(results: Results, verdicts: list[dict], settings: dict, model_dir: Path, elapsed: float) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    document = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "versions": {"python": platform.python_version(), **_versions()},
+        "model_dir": str(model_dir),
+        "server_settings": settings,
+        "bare_ms": results.bare_ms,
+        "bare_p90_ms": results.bare_p90_ms,
+        "preprocess_ms": results.preprocess_ms,
+        "elapsed_seconds": elapsed,
+        "phases": [p.summary() for p in results.phases],
+        "targets": verdicts,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    main()
