@@ -8,7 +8,8 @@ same model and the same interpreter settings the server uses, it measures:
   sequential  one client, one keep-alive connection, requests one after another to a real
               `python -m serve` subprocess on 127.0.0.1: `POST /predict` (multipart upload) and
               TF Serving's `POST /v1/models/<name>:predict` (`{"instances": [{"b64": ...}]}`);
-  load        requests/s with 1, 4 and 16 clients (threads, each with its own keep-alive connection);
+  load        requests/s with 1, 4 and 16 clients (threads, each with its own keep-alive connection),
+              the client counts taking turns in rounds so that a drift in machine speed hits all alike;
 
 and checks the targets: single-client p50 <= 1.5 x bare + 5 ms; throughput at 16 clients >= 2 x at 1.
 The client is Python on the same cores as the server, so its CPU use is measured and printed too;
@@ -231,7 +232,9 @@ class Results:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model_dir", type=click.Path(file_okay=False, path_type=Path), help="[default: train one on digits]")
 @click.option("--requests", default=300, show_default=True, type=click.IntRange(min=10), help="Sequential requests.")
-@click.option("--duration", default=6.0, show_default=True, type=click.FloatRange(min=0.5), help="Seconds per load.")
+@click.option(
+    "--duration", default=6.0, show_default=True, type=click.FloatRange(min=0.5), help="Load seconds per client count."
+)
 @click.option(
     "--rounds",
     default=3,
@@ -305,7 +308,7 @@ def _train_model(output_dir: Path) -> Path:
 
 def _digit_images() -> list[bytes]:
     """One PNG of each digit: requests cycle through them, so no response is a cache hit anywhere."""
-    paths = [next(iter(sorted(folder.glob("*.png")))) for folder in sorted(DIGITS_DIR.iterdir()) if folder.is_dir()]
+    paths = [path for folder in sorted(DIGITS_DIR.glob("*/")) for path in sorted(folder.glob("*.png"))[:1]]
     if not paths:
         raise click.ClickException(f"no digits under {DIGITS_DIR}")
     return [path.read_bytes() for path in paths]
@@ -615,6 +618,13 @@ def _print_targets(results: Results) -> list[dict]:
         verdict = "PASS" if ok else "MISS"
         verdicts.append({"target": name, "value": value, "rule": target, "verdict": verdict})
         print(f"{verdict}  {name:<26} {value:6.2f}  (target {target})")
+    alone = results.phase(f"{CLIENTS[0]} clients").cpu
+    busy = alone.client + alone.server
+    print(
+        f"note: one client alone keeps {busy:.2f} cores busy (client + server), so {CLIENTS[-1]} clients can reach "
+        f"about {os.cpu_count()} / {busy:.2f} = {(os.cpu_count() or 1) / busy:.2f}x its rate, more only as far as "
+        "batching makes a request cheaper"
+    )
     return verdicts
 
 
