@@ -205,13 +205,18 @@ class ServerOptions:
         return [f"--{key}={value}" for key, value in asdict(self).items() if value is not None]
 
     def effective(self) -> dict[str, float]:
-        """What the server will use: serve.cli's defaults filled in."""
-        workers = self.workers or os.cpu_count() or 1
+        """What the server will use: these knobs, else the defaults read from serve.cli itself (so never stale)."""
+        from serve.cli import main as serve_main
+
+        defaults = {param.name: param.default for param in serve_main.params}
+        workers = self.workers or defaults["workers"]
         return {
             "workers": workers,
             "threads_per_worker": self.threads_per_worker or max(1, (os.cpu_count() or 1) // workers),
-            "max_batch_size": 16 if self.max_batch_size is None else self.max_batch_size,
-            "batch_timeout_ms": 2.0 if self.batch_timeout_ms is None else self.batch_timeout_ms,
+            "max_batch_size": self.max_batch_size or defaults["max_batch_size"],
+            "batch_timeout_ms": defaults["batch_timeout_ms"]
+            if self.batch_timeout_ms is None
+            else self.batch_timeout_ms,
         }
 
 
