@@ -1,15 +1,16 @@
 # `make demo` and `make test` work on a fresh machine: both (re)build .venv when it is missing or
-# older than pyproject.toml, then run.
+# older than pyproject.toml or constraints.txt, then run. The versions are constraints.txt's, the
+# same the Dockerfile installs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,serve,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --constraint constraints.txt -e ".[train,serve,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +25,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bottlenecks.py
+
+# After changing a dependency in pyproject.toml: install it, then pin everything again.
+constraints: $(STAMP)
+	$(BIN)/python scripts/update_constraints.py
 
 clean:
 	rm -rf $(VENV) models .pytest_cache

@@ -24,6 +24,8 @@ from retrain.quiet import import_tensorflow_quietly
     "--models_dir",
     default="models",
     show_default=True,
+    envvar="RETRAIN_MODELS_DIR",
+    show_envvar=True,
     help="Parent of the default --output_dir; its `latest` link points at the newest export.",
 )
 @click.option("--bottleneck_dir", help="Bottleneck cache.  [default: ~/.cache/retrain/bottlenecks]")

@@ -20,7 +20,14 @@ def user_cache_dir() -> Path:
 
 
 def weights_cache_dir() -> Path:
-    """Converted and downloaded backbone weights."""
+    """Converted and downloaded backbone weights: `$RETRAIN_WEIGHTS_DIR`, else `<user cache>/weights`.
+
+    Separate from the bottleneck cache so a container image can bake weights in at build time
+    while its bottleneck cache lives on a volume.
+    """
+    explicit = os.environ.get("RETRAIN_WEIGHTS_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
     return user_cache_dir() / "weights"
 
 

@@ -29,7 +29,14 @@ class ServeError(Exception):
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model_dir", default="models/latest", show_default=True, help="A retrain export (or a link to one).")
+@click.option(
+    "--model_dir",
+    default="models/latest",
+    show_default=True,
+    envvar="SERVE_MODEL_DIR",
+    show_envvar=True,
+    help="A retrain export (or a link to one).",
+)
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--model_name", default="retrained", show_default=True, help="The name in /v1/models/<name> paths.")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,3 +61,26 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, str
     with contextlib.redirect_stdout(log):
         result = run(config)
     return result, log.getvalue(), root
+
+
+# --- programs from Debian packages ----------------------------------------------------------------
+
+
+def debian_tool(program: str, package: str) -> str:
+    """The path of `program`, installing Debian's `package` with apt-get when it is missing (CI runs
+    as root on a fresh machine). Skips, naming the package, where that install cannot run."""
+    found = shutil.which(program)
+    if found:
+        return found
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        pytest.skip(f"{program} is missing and cannot be installed here: needs `apt-get install {package}` as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        result = subprocess.run(install, capture_output=True, text=True, env=env)
+    found = shutil.which(program)
+    if not found:
+        pytest.skip(f"{program}: `apt-get install {package}` failed: {result.stderr.strip()[-300:]}")
+    return found
