@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -182,16 +182,20 @@ def retrain_image(parsed: Dockerfile, tmp_path_factory: pytest.TempPathFactory) 
     return build(parsed, "retrain", tmp_path_factory.mktemp("retrain-image"))
 
 
+def retrain_in_image(image: Image, data: str, labels: list[str]) -> subprocess.CompletedProcess:
+    """`docker run -v <folders>:/data/<set> -v $PWD/models:/models retrain --image_dir /data/<set> ...`"""
+    copy_digits(image.path(f"/data/{data}"), labels, per_class=20)
+    command = image.command("--image_dir", f"/data/{data}", "--how_many_training_steps", "100")
+    return subprocess.run(command, cwd=image.workdir, env=image.env, capture_output=True, text=True)
+
+
 @pytest.fixture(scope="module")
-def retrain_run(retrain_image: Image) -> tuple[subprocess.CompletedProcess, Path]:
-    """`docker run -v $PWD/digits:/data/digits -v $PWD/models:/models retrain --image_dir /data/digits ...`"""
-    copy_digits(retrain_image.path("/data/digits"), ["0", "1", "7"], per_class=20)
+def retrain_run(retrain_image: Image) -> subprocess.CompletedProcess:
     weights = Path(retrain_image.env["RETRAIN_WEIGHTS_DIR"])
     baked = {path: path.stat().st_mtime_ns for path in weights.iterdir()}
-    command = retrain_image.command("--image_dir", "/data/digits", "--how_many_training_steps", "100")
-    result = subprocess.run(command, cwd=retrain_image.workdir, env=retrain_image.env, capture_output=True, text=True)
+    result = retrain_in_image(retrain_image, "digits", ["0", "1", "7"])
     assert {path: path.stat().st_mtime_ns for path in weights.iterdir()} == baked, "retrain touched the baked weights"
-    return result, weights
+    return result
 
 
 def test_retrain_image_bakes_converted_weights(retrain_image: Image) -> None:
@@ -205,7 +209,7 @@ def test_retrain_image_default_cmd_prints_help(retrain_image: Image) -> None:
 
 
 def test_retrain_image_trains_and_exports_into_the_models_volume(retrain_run, retrain_image: Image) -> None:
-    result, _ = retrain_run
+    result = retrain_run
     assert result.returncode == 0, result.stderr
     assert "Final test accuracy" in result.stdout
     latest = retrain_image.path("/models/latest")
@@ -217,8 +221,10 @@ def test_retrain_image_trains_and_exports_into_the_models_volume(retrain_run, re
 def serve_image(
     parsed: Dockerfile, retrain_run, retrain_image: Image, tmp_path_factory: pytest.TempPathFactory
 ) -> Image:
+    """The serve image with the retrain image's /models mounted, as in docker-compose.yml."""
     image = build(parsed, "serve", tmp_path_factory.mktemp("serve-image"))
-    shutil.copytree(retrain_image.path("/models"), image.path("/models"), symlinks=True, dirs_exist_ok=True)
+    image.path("/models").rmdir()
+    image.path("/models").symlink_to(retrain_image.path("/models"))
     return image
 
 
@@ -231,27 +237,52 @@ def test_serve_image_has_no_tensorflow_and_stays_small(serve_image: Image) -> No
     assert size < 300 * 2**20, f"the serve image's packages take {size / 2**20:.0f} MB (README says about 200 MB)"
 
 
-def test_serve_image_answers_a_request_and_passes_its_healthcheck(serve_image: Image) -> None:
+@pytest.fixture(scope="module")
+def serving(serve_image: Image) -> Iterator[str]:
+    """`docker run -p 8501:8501 -v $PWD/models:/models:ro serve --host 127.0.0.1` -> its URL."""
     port = _free_port(preferred=8501)
     command = serve_image.command("--host", "127.0.0.1", "--port", str(port))
     log = serve_image.root / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=serve_image.workdir, env=serve_image.env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not _ready(url) and time.monotonic() < deadline:
+        time.sleep(0.2)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while process.poll() is None and not _ready(url) and time.monotonic() < deadline:
-            time.sleep(0.2)
         assert process.poll() is None and _ready(url), log.read_text()
-        digit = sorted((DIGITS / "7").glob("*.png"))[-1]
-        answer = httpx.post(f"{url}/predict", files={"file": digit.read_bytes()}, timeout=60)
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["predictions"][0]["label"] == "7"
-        healthcheck = serve_image.argv([part.replace(":8501/", f":{port}/") for part in serve_image.healthcheck])
-        assert subprocess.run(healthcheck, env=serve_image.env, capture_output=True, timeout=30).returncode == 0
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_serve_image_answers_a_request_and_passes_its_healthcheck(serving: str, serve_image: Image) -> None:
+    answer = httpx.post(f"{serving}/predict", files={"file": _digit("7")}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["label"] == "7"
+    port = serving.rsplit(":", 1)[1]
+    healthcheck = serve_image.argv([part.replace(":8501/", f":{port}/") for part in serve_image.healthcheck])
+    assert subprocess.run(healthcheck, env=serve_image.env, capture_output=True, timeout=30).returncode == 0
+
+
+def test_swapping_folders_and_retraining_is_served_without_restart(
+    serving: str, serve_image: Image, retrain_image: Image
+) -> None:
+    """`docker compose run --rm retrain --image_dir /data/other` while `serve` runs."""
+    result = retrain_in_image(retrain_image, "other", ["2", "5"])
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{serving}/labels", timeout=10).json()["labels"] != ["2", "5"]:
+        assert time.monotonic() < deadline, (serve_image.root / "serve.log").read_text()
+        time.sleep(0.2)
+    answer = httpx.post(f"{serving}/predict", files={"file": _digit("5")}, timeout=60)
+    assert answer.json()["predictions"][0]["label"] == "5"
+
+
+def _digit(label: str) -> bytes:
+    """A digit outside the first 20 of its class, so none the image trained on."""
+    return sorted((DIGITS / label).glob("*.png"))[-1].read_bytes()
 
 
 def _ready(url: str) -> bool:
