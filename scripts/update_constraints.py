@@ -20,9 +20,11 @@ HEADER = "# Exact versions for every install (Makefile, Dockerfile). Regenerate:
 
 
 def installed() -> list[str]:
-    freeze = [sys.executable, "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"]
+    """Every package of the venv but pip itself. `--all` keeps setuptools: tensorflow-hub imports
+    `pkg_resources`, which newer setuptools releases no longer ship."""
+    freeze = [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable", "--disable-pip-version-check"]
     lines = subprocess.run(freeze, check=True, capture_output=True, text=True).stdout.splitlines()
-    return [line for line in lines if "==" in line]
+    return [line for line in lines if "==" in line and not line.startswith("pip==")]
 
 
 def gpu_only(pinned_names: set[str]) -> list[str]:

@@ -203,6 +203,15 @@ def test_retrain_image_bakes_converted_weights(retrain_image: Image) -> None:
     assert (weights / "efficientnet_lite0_imagenet.weights.h5").stat().st_size > 10_000_000
 
 
+def test_retrain_image_imports_tf_hub_and_every_backbone_module(retrain_image: Image) -> None:
+    """TF Hub and the Keras applications load only on request; a missing runtime dependency of
+    theirs (tensorflow-hub needs setuptools' pkg_resources) would otherwise surface only for users."""
+    python = retrain_image.path("/opt/venv/bin/python")
+    modules = "import tensorflow_hub, retrain.backbones.tfhub, retrain.backbones.keras_apps, retrain.prefetch"
+    result = subprocess.run([python, "-c", modules], env=retrain_image.env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_retrain_image_default_cmd_prints_help(retrain_image: Image) -> None:
     result = subprocess.run(retrain_image.command(), env=retrain_image.env, capture_output=True, text=True)
     assert result.returncode == 0 and "--image_dir" in result.stdout
