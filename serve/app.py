@@ -6,6 +6,7 @@
     GET  /v1/models/{name}                model_version_status
     GET  /v1/models/{name}/metadata       signature and labels
     GET  /healthz, /readyz, /labels
+    GET  /, /model, /model/plots/{name}   the web page and the model description it shows (serve.page)
 
 Errors are `{"error": "..."}`: 400 bad image or JSON, 404 unknown model, 413 too large, 415 not
 an image or not a multipart upload.
@@ -30,6 +31,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.middleware import AccessLog, BodyLimit, RequestTooLargeError
+from serve.page import page_routes
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, NotAnImageError, preprocess
 from serve.store import ModelStore, ServedModel
 
@@ -216,6 +218,7 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         model = store.current
         return {"status": "ready", "model": str(model.directory), "version": model.version, "labels": len(model.labels)}
 
+    app.include_router(page_routes(store, settings.model_name))
     return app
 
 

@@ -17,6 +17,11 @@ MODEL_JSON = "model.json"
 LABELS_TXT = "labels.txt"
 TFLITE_FILE = "model.tflite"
 SAVED_MODEL_DIR = "saved_model"
+# Report plots an export may hold next to model.json (file name -> what it shows); serve shows those present.
+REPORT_PLOTS = {
+    "confusion_matrix.png": "Confusion matrix of the test images",
+    "training_curves.png": "Training curves: accuracy and cross entropy by step",
+}
 
 
 class ModelDirError(ValueError):

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import collections
 import functools
-import http.client
 import io
 import json
 import os
@@ -37,13 +36,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import DIGITS, REPO, jpeg_bytes
+from .conftest import (
+    DIGITS,
+    NAMES,
+    REPO,
+    SERVE,
+    TIMEOUT,
+    Answer,
+    Models,
+    Server,
+    jpeg_bytes,
+    relabel,
+    start_server,
+    wait_for,
+)
 
-SERVE = [sys.executable, "-m", "serve"]
 MODEL = "retrained"
-NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TIMEOUT = 60  # seconds for any one HTTP request; CI is slow, a hung server must still fail
-
 
 # --- the in-process model's answers ------------------------------------------------------------
 
@@ -61,11 +69,6 @@ class Split:
 
     def image(self, index: int) -> bytes:
         return self.paths[index].read_bytes()
-
-
-@pytest.fixture(scope="module")
-def export(digits_run) -> Path:
-    return digits_run[0].output_dir
 
 
 @pytest.fixture(scope="module")
@@ -87,70 +90,6 @@ def split(digits_run) -> Split:
 
 
 # --- a real server in a subprocess ---------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    url: str
-    log_path: Path
-
-    def client(self, **options) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=TIMEOUT, **options)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def raw(self, method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> Answer:
-        """A request whose path goes out byte for byte (httpx would normalise `..` segments away)."""
-        host, port = self.url.removeprefix("http://").split(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
-        try:
-            connection.request(method, path, body=body, headers={"content-type": content_type})
-            response = connection.getresponse()
-            return Answer(response.status, response.getheader("content-type", ""), response.read())
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    content_type: str
-    body: bytes
-
-
-def start_server(model_dir: Path, log_path: Path, *flags: str) -> Server:
-    """`serve --model_dir ... --host 127.0.0.1 --port <free>`, returned once /readyz answers 200."""
-    for _attempt in range(3):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        args = ["--model_dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *flags]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen([*SERVE, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        server = Server(process, f"http://127.0.0.1:{port}", log_path)
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        server.stop()
-        if "address already in use" not in server.log().lower():  # else another process took the port: retry
-            break
-    pytest.fail(f"serve did not become ready (exit code {process.returncode}):\n{server.log()}")
 
 
 @pytest.fixture(scope="module")
@@ -194,14 +133,6 @@ def scores_by_label(predictions: list[dict], labels: list[str]) -> np.ndarray:
     """/predict's ranked [{"label", "score"}] back into a score vector in label order."""
     by_label = {p["label"]: p["score"] for p in predictions}
     return np.array([by_label[label] for label in labels])
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def tag_counts(log: str, prefix: str) -> collections.Counter:
@@ -689,46 +620,9 @@ def test_load_500_requests_from_16_clients(server: Server, split: Split) -> None
 # --- 7. reload ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Models:
-    """A models/ folder with a `latest` link that the reload server watches."""
-
-    root: Path
-    original: Path  # a copy of the digits export
-
-    def add(self, name: str, edit: Callable[[Path], None] | None = None) -> Path:
-        """A new export copied from the original, optionally changed by `edit`."""
-        target = self.root / name
-        shutil.copytree(self.original, target)
-        if edit:
-            edit(target)
-        return target
-
-    def point_latest_at(self, export: Path) -> None:
-        """Moves `latest` atomically, as retrain does: a new link renamed over the old one."""
-        staging = self.root / ".latest.tmp"
-        staging.unlink(missing_ok=True)
-        staging.symlink_to(export.name)
-        os.replace(staging, self.root / "latest")
-
-
-def relabel(export: Path) -> None:
-    """'0'..'9' -> 'zero'..'nine' in model.json and labels.txt: a new valid model without retraining."""
-    info = json.loads((export / "model.json").read_text())
-    info["labels"] = [NAMES[int(label)] for label in info["labels"]]
-    (export / "model.json").write_text(json.dumps(info, indent=2) + "\n")
-    (export / "labels.txt").write_text("".join(f"{label}\n" for label in info["labels"]))
-
-
 @pytest.fixture(scope="module")
 def models(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
-    root = tmp_path_factory.mktemp("reload") / "models"
-    root.mkdir()
-    original = root / "v1"
-    shutil.copytree(export, original, ignore=shutil.ignore_patterns("saved_model"))  # serve needs no SavedModel
-    catalogue = Models(root, original)
-    catalogue.point_latest_at(original)
-    return catalogue
+    return Models.copy_of(export, tmp_path_factory.mktemp("reload") / "models")
 
 
 @pytest.fixture(scope="module")
