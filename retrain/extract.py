@@ -3,7 +3,8 @@
 Cache hits cost a file read and a hash. Misses are decoded and resized by a thread pool (Pillow
 releases the GIL) a few batches ahead of the forward pass, so the backbone rarely waits for
 pixels; each vector is written to the cache as soon as its batch is done, so a killed run loses at
-most one batch of work.
+most one batch of work. Augmented copies of training images (`retrain.augment`) go through the
+same steps, each copy under its own cache key; an image is decoded once for all its missing copies.
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from retrain.augment import Augmentation, variant_digest, variant_pixels
 from retrain.backbones import Backbone
 from retrain.cache import BottleneckCache, image_digest
+from retrain.errors import RetrainError
 from retrain.progress import progress_bar
-from serve.preprocess import ImageDecodeError, InputSpec, preprocess
+from serve.preprocess import ImageDecodeError, InputSpec, decode_image, normalize, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,45 @@ class ExtractionStats:
 
 
 @dataclass(frozen=True)
-class _Decoded:
+class _Versions:
+    """Which versions of each image to compute: the image itself, or `copies` augmented copies."""
+
+    augmentation: Augmentation | None = None
+    copies: int = 0
+    seed: int = 0
+
+    @property
+    def per_image(self) -> int:
+        return self.copies or 1
+
+    def keys(self, cache: BottleneckCache, digest: str) -> list[str]:
+        """The cache key of each version of the image whose bytes hash to `digest`."""
+        if not self.copies:
+            return [cache.key(digest)]
+        return [cache.key(variant_digest(digest, self.augmentation, copy, self.seed)) for copy in range(self.copies)]
+
+    def pixels(self, data: bytes, digest: str, spec: InputSpec, which: Sequence[int]) -> list[np.ndarray]:
+        """Normalised backbone input of the given versions; the image is decoded once for all."""
+        if not self.copies:
+            return [preprocess(data, spec)]
+        image = decode_image(data, target_size=(spec.width, spec.height))
+        return [
+            normalize(variant_pixels(image, digest, spec, self.augmentation, copy, self.seed), spec) for copy in which
+        ]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """An image with versions missing from the cache."""
+
     index: int
+    path: Path
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    row: int  # index * versions per image + version
     key: str
     pixels: np.ndarray
 
@@ -50,6 +91,7 @@ class _Decoded:
 class _Failed:
     index: int
     reason: str
+    versions: int  # how many vectors this image stood for
 
 
 def compute_bottlenecks(
@@ -58,92 +100,149 @@ def compute_bottlenecks(
     cache: BottleneckCache,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
+    augmentation: Augmentation | None = None,
+    copies: int = 0,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, ExtractionStats]:
     """Bottleneck vectors for `paths`, from the cache or the backbone.
 
     Returns `(vectors, ok, stats)`: `vectors` has one row per path; `ok[i]` is False for a file
     that could not be read or decoded (its row is zeros, and `stats.skipped` says why).
+
+    With `copies` > 0 the vectors are of `copies` augmented copies of each image instead (never of
+    the image itself; `augmentation` must be enabled): `vectors` has shape (len(paths), copies, D),
+    copy k of an image is the same on every run with the same `seed`, and each copy is cached under
+    its own key. `stats.cached` and `stats.computed` count vectors, `stats.skipped` files.
     """
+    versions = _versions(augmentation, copies, seed)
     workers = workers or min(8, (os.cpu_count() or 2) + 2)
-    vectors = np.zeros((len(paths), backbone.feature_dim), dtype=np.float32)
-    ok = np.zeros(len(paths), dtype=bool)
+    rows = len(paths) * versions.per_image
+    vectors = np.zeros((rows, backbone.feature_dim), dtype=np.float32)
+    done = np.zeros(rows, dtype=bool)
     stats = ExtractionStats()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bottleneck") as pool:
-        misses: list[int] = []
-        lookups = pool.map(lambda path: _lookup(path, cache), paths)
-        for index, (vector, error) in enumerate(progress_bar(lookups, total=len(paths), desc="Checking cache")):
-            if error is not None:
-                _skip(stats, paths[index], error)
-            elif vector is not None:
-                vectors[index], ok[index] = vector, True
-                stats.cached += 1
-            else:
-                misses.append(index)
+        misses = _from_cache(pool, paths, cache, versions, vectors, done, stats)
         if misses:
             forward = _forward_function(backbone)
-            with progress_bar(total=len(misses), desc="Computing bottlenecks") as bar:
-                for batch in _decoded_batches(pool, paths, misses, backbone.input_spec, cache, batch_size):
+            decode = partial(_decode, spec=backbone.input_spec, cache=cache, versions=versions)
+            with progress_bar(total=sum(len(job.versions) for job in misses), desc="Computing bottlenecks") as bar:
+                for batch in _decoded_batches(pool, misses, decode, batch_size):
                     decoded = [item for item in batch if isinstance(item, _Decoded)]
-                    for failed in (item for item in batch if isinstance(item, _Failed)):
-                        _skip(stats, paths[failed.index], failed.reason)
+                    failed = [item for item in batch if isinstance(item, _Failed)]
+                    for item in failed:
+                        _skip(stats, paths[item.index], item.reason)
                     if decoded:
                         features = forward(np.stack([item.pixels for item in decoded]))
                         for item, vector in zip(decoded, features, strict=True):
                             cache.put(item.key, vector)
-                            vectors[item.index], ok[item.index] = vector, True
+                            vectors[item.row], done[item.row] = vector, True
                         stats.computed += len(decoded)
-                    bar.update(len(batch))
-    return vectors, ok, stats
+                    bar.update(len(decoded) + sum(item.versions for item in failed))
+    ok = done.reshape(len(paths), versions.per_image).all(axis=1)
+    vectors = vectors.reshape(len(paths), versions.per_image, backbone.feature_dim)
+    vectors[~ok] = 0  # an image with some copies cached but now undecodable has no vectors at all
+    return (vectors if copies else vectors[:, 0]), ok, stats
 
 
-def _lookup(path: Path, cache: BottleneckCache) -> tuple[np.ndarray | None, str | None]:
-    """(cached vector or None, read error or None) for one file."""
+def _versions(augmentation: Augmentation | None, copies: int, seed: int) -> _Versions:
+    if copies < 0:
+        raise RetrainError(f"--augmentation_copies must be >= 0, not {copies}")
+    if copies and (augmentation is None or not augmentation.enabled):
+        raise RetrainError(
+            "--augmentation_copies needs a distortion: --flip_left_right, --random_crop, --random_scale "
+            "or --random_brightness"
+        )
+    return _Versions(augmentation, copies, seed) if copies else _Versions()
+
+
+def _from_cache(
+    pool: ThreadPoolExecutor,
+    paths: Sequence[Path],
+    cache: BottleneckCache,
+    versions: _Versions,
+    vectors: np.ndarray,
+    done: np.ndarray,
+    stats: ExtractionStats,
+) -> list[_Job]:
+    """Fills `vectors` rows from the cache; returns the images with versions still to compute."""
+    misses: list[_Job] = []
+    lookups = pool.map(lambda path: _lookup(path, cache, versions), paths)
+    for index, (found, error) in enumerate(progress_bar(lookups, total=len(paths), desc="Checking cache")):
+        if error is not None:
+            _skip(stats, paths[index], error)
+            continue
+        missing = []
+        for version, vector in enumerate(found):
+            if vector is None:
+                missing.append(version)
+            else:
+                row = index * versions.per_image + version
+                vectors[row], done[row] = vector, True
+                stats.cached += 1
+        if missing:
+            misses.append(_Job(index, paths[index], tuple(missing)))
+    return misses
+
+
+def _lookup(path: Path, cache: BottleneckCache, versions: _Versions) -> tuple[list[np.ndarray | None], str | None]:
+    """(cached vector or None for each version, read error or None) for one file."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        return None, f"cannot read file: {e.strerror or e}"
-    return cache.get(cache.key(image_digest(data))), None
+        return [], f"cannot read file: {e.strerror or e}"
+    return [cache.get(key) for key in versions.keys(cache, image_digest(data))], None
 
 
-def _decode(index: int, path: Path, spec: InputSpec, cache: BottleneckCache) -> _Decoded | _Failed:
-    """Reads and preprocesses one image, or says why it cannot."""
+def _decode(job: _Job, spec: InputSpec, cache: BottleneckCache, versions: _Versions) -> list[_Decoded] | _Failed:
+    """Reads one image and preprocesses its missing versions, or says why it cannot."""
     try:
-        data = path.read_bytes()
-        return _Decoded(index, cache.key(image_digest(data)), preprocess(data, spec))
+        data = job.path.read_bytes()
+        digest = image_digest(data)
+        keys = versions.keys(cache, digest)
+        pixels = versions.pixels(data, digest, spec, job.versions)
     except OSError as e:
-        return _Failed(index, f"cannot read file: {e.strerror or e}")
+        return _Failed(job.index, f"cannot read file: {e.strerror or e}", len(job.versions))
     except ImageDecodeError as e:
-        return _Failed(index, f"not a decodable image: {e}")
+        return _Failed(job.index, f"not a decodable image: {e}", len(job.versions))
+    first_row = job.index * versions.per_image
+    return [
+        _Decoded(first_row + version, keys[version], item) for version, item in zip(job.versions, pixels, strict=True)
+    ]
 
 
 def _decoded_batches(
     pool: ThreadPoolExecutor,
-    paths: Sequence[Path],
-    indices: list[int],
-    spec: InputSpec,
-    cache: BottleneckCache,
+    jobs: list[_Job],
+    decode: Callable[[_Job], list[_Decoded] | _Failed],
     batch_size: int,
 ) -> Iterator[list[_Decoded | _Failed]]:
-    """Batches of decode results, in order, with at most BATCHES_IN_FLIGHT batches decoding ahead."""
-    pending: deque[Future] = deque()
-    todo = iter(indices)
+    """Batches of `batch_size` decoded versions (and the failures met on the way), in order, with
+    about BATCHES_IN_FLIGHT batches decoding ahead."""
+    pending: deque[tuple[Future, int]] = deque()
+    todo = iter(jobs)
     window = batch_size * BATCHES_IN_FLIGHT
+    in_flight = 0  # versions being decoded
     batch: list[_Decoded | _Failed] = []
+    size = 0
 
     def fill() -> None:
-        while len(pending) < window:
-            index = next(todo, None)
-            if index is None:
-                return
-            pending.append(pool.submit(_decode, index, paths[index], spec, cache))
+        nonlocal in_flight
+        while in_flight < window and (job := next(todo, None)) is not None:
+            pending.append((pool.submit(decode, job), len(job.versions)))
+            in_flight += len(job.versions)
 
     fill()
     while pending:
-        batch.append(pending.popleft().result())
+        future, count = pending.popleft()
+        result = future.result()
+        in_flight -= count
         fill()
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
+        for item in result if isinstance(result, list) else [result]:
+            batch.append(item)
+            size += isinstance(item, _Decoded)
+            if size == batch_size:
+                yield batch
+                batch, size = [], 0
     if batch:
         yield batch
 

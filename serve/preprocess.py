@@ -124,9 +124,22 @@ def resize_for_model(image: Image.Image, spec: InputSpec) -> np.ndarray:
     # TensorFlow's resize does (the SavedModel's path), so both give the same pixels; Pillow's
     # 8-bit resize would round and clip between its horizontal and vertical passes.
     cropped = image.crop(central_crop_box(image.width, image.height))
+    return np.clip(np.rint(resize_float(cropped, spec)), 0, 255).astype(np.uint8)
+
+
+def resize_float(
+    image: Image.Image, spec: InputSpec, box: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
+    """Bicubic resize of `image`, or of its `box` (left, top, right, bottom; may be fractional), to the
+    spec's size, each channel in float and not rounded: float32 of shape (height, width, 3).
+
+    `resize_for_model` rounds this once. Training-time augmentation passes a box to zoom into the
+    central crop and scales brightness before rounding, so it goes through the very same resize.
+    """
     size = (spec.width, spec.height)
-    channels = [np.asarray(band.convert("F").resize(size, Image.Resampling.BICUBIC)) for band in cropped.split()]
-    return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
+    resample = Image.Resampling.BICUBIC
+    channels = [np.asarray(band.convert("F").resize(size, resample, box=box)) for band in image.split()]
+    return np.stack(channels, axis=-1)
 
 
 def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
