@@ -9,6 +9,7 @@ versions come from a dry-run resolve of the `gpu` extra.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -24,7 +25,15 @@ def installed() -> list[str]:
     `pkg_resources`, which newer setuptools releases no longer ship."""
     freeze = [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable", "--disable-pip-version-check"]
     lines = subprocess.run(freeze, check=True, capture_output=True, text=True).stdout.splitlines()
-    return [line for line in lines if "==" in line and not line.startswith("pip==")]
+    return [_pinned(line) for line in lines if ("==" in line or " @ " in line) and not line.startswith("pip==")]
+
+
+def _pinned(line: str) -> str:
+    """`name==version`, also for a package pip installed from a local file (`name @ file:///...`)."""
+    if " @ " not in line:
+        return line
+    name = line.split(" @ ")[0]
+    return f"{name}=={importlib.metadata.version(name)}"
 
 
 def gpu_only(pinned_names: set[str]) -> list[str]:

@@ -1,0 +1,98 @@
+"""Per-class metrics against scikit-learn, and the two report plots as pictures a person can read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
+from sklearn.metrics import precision_recall_fscore_support
+
+from retrain import metrics, plots
+
+DIGITS = [str(d) for d in range(10)]
+
+
+def test_per_class_metrics_agree_with_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 5, size=200)
+    predicted = np.where(rng.uniform(size=200) < 0.7, true, rng.integers(0, 5, size=200))
+    predicted[predicted == 3] = 2  # class 3 is never predicted
+    true[true == 4] = 0  # class 4 never occurs
+    labels = ["a", "b", "c", "d", "e"]
+    ours = metrics.per_class_metrics(true, predicted, labels)
+    p, r, f, s = precision_recall_fscore_support(true, predicted, labels=range(5), zero_division=0)
+    assert [m.label for m in ours] == labels
+    for m, expected in zip(ours, zip(p, r, f, s, strict=True), strict=True):
+        assert (m.precision, m.recall, m.f1, m.support) == pytest.approx(expected)
+    assert metrics.macro_f1(ours) == pytest.approx(np.mean(f))
+    assert ours[3].precision == 0.0 and ours[4].support == 0
+
+
+def test_confusion_matrix_rows_are_true_columns_predicted() -> None:
+    matrix = metrics.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    rng = np.random.default_rng(1)
+    true, predicted = rng.integers(0, 4, size=50), rng.integers(0, 4, size=50)
+    assert np.array_equal(metrics.confusion_matrix(true, predicted, 4), sklearn_confusion_matrix(true, predicted))
+
+
+def test_the_printed_table_is_aligned_and_ends_with_the_macro_average() -> None:
+    labels = ["daisy", "a very long label name that goes on and on", "7"]
+    lines = metrics.format_per_class(metrics.per_class_metrics(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), labels))
+    assert lines[0].split() == ["Class", "Precision", "Recall", "F1", "Support"]
+    assert lines[-1].startswith("macro avg") and len(lines) == 5
+    assert len({len(line) for line in lines}) == 1  # every row the same width: columns line up
+    assert lines[1].split()[1:] == ["1.000", "1.000", "1.000", "1"]
+
+
+def _labels_of(axis) -> list[str]:
+    return [tick.get_text() for tick in axis.get_ticklabels()]
+
+
+def test_confusion_matrix_figure_names_the_classes_and_counts_every_cell(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    matrix = metrics.confusion_matrix(rng.integers(0, 10, size=188), rng.integers(0, 10, size=188), 10)
+    figure = plots.confusion_matrix_figure(matrix, DIGITS, "Confusion matrix, test set (188 images)")
+    axes = figure.axes[0]
+    assert _labels_of(axes.xaxis) == DIGITS and _labels_of(axes.yaxis) == DIGITS
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("Predicted label", "True label")
+    assert axes.get_title() == "Confusion matrix, test set (188 images)"
+    assert sorted(int(text.get_text()) for text in axes.texts) == sorted(matrix.ravel().tolist())
+    path = tmp_path / "confusion_matrix.png"
+    plots.save_png(figure, path, {"Classes": json.dumps(DIGITS)})
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 400 and image.height > 400
+        assert json.loads(image.text["Classes"]) == DIGITS
+    assert [p.name for p in tmp_path.iterdir()] == ["confusion_matrix.png"]  # no temporary file left
+
+
+def test_training_curves_show_train_and_validation_and_where_fine_tuning_starts(tmp_path: Path) -> None:
+    steps = list(range(0, 600, 10))
+    accuracy = [min(1.0, 0.3 + s / 500) for s in steps]
+    entropy = [2.0 / (1 + s / 50) for s in steps]
+    validation = [None if i % 3 else a - 0.05 for i, a in enumerate(accuracy)]
+    figure = plots.training_curves_figure(steps, accuracy, validation, entropy, entropy, phase_boundary=400)
+    accuracy_axes, entropy_axes = figure.axes
+    assert accuracy_axes.get_xlabel() == entropy_axes.get_xlabel() == "Training step"
+    assert [line.get_label() for line in accuracy_axes.lines if not line.get_label().startswith("_")][:2] == [
+        "train",
+        "validation",
+    ]
+    validation_line = next(line for line in accuracy_axes.lines if line.get_label() == "validation")
+    assert len(validation_line.get_xdata()) == len([v for v in validation if v is not None])
+    assert any("fine-tuning" in text.get_text() for axes in figure.axes for text in axes.texts) or any(
+        "fine-tuning" in line.get_label() for axes in figure.axes for line in axes.lines
+    )
+    plots.save_png(figure, tmp_path / "curves.png")
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.format == "PNG" and image.width > 600
+
+
+def test_training_curves_without_validation_draw_only_training() -> None:
+    figure = plots.training_curves_figure([0, 10, 20], [0.5, 0.7, 0.9], [None] * 3, [1.0, 0.6, 0.3], [None] * 3)
+    for axes in figure.axes:
+        assert [line.get_label() for line in axes.lines if not line.get_label().startswith("_")] == ["train"]
