@@ -1,3 +1,3 @@
 """retrain: teach a pretrained image network new classes from folders of images."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -16,6 +16,8 @@ from retrain.backbones import DEFAULT_ARCHITECTURE
 from retrain.errors import RetrainError
 from retrain.quiet import import_tensorflow_quietly
 
+DEFAULT_AUGMENTATION_COPIES = 4
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--image_dir", help="Folder with one sub-folder of images per label.")
@@ -33,11 +35,19 @@ from retrain.quiet import import_tensorflow_quietly
     "--architecture",
     default=DEFAULT_ARCHITECTURE,
     show_default=True,
-    help="Backbone: efficientnet_lite0 (offline), mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3.",
+    help="Backbone: efficientnet_lite0 (offline), mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3; "
+    "or the baselines small_cnn (trained from scratch) and pixels.",
+)
+@click.option(
+    "--base_model", help="An earlier export (models/<run>) whose network, minus its last layer, is the backbone."
 )
 @click.option("--tfhub_module", help="A TF Hub image feature-vector module: handle, URL or local SavedModel folder.")
 @click.option("--weights_file", help="Local weights for --architecture instead of the ImageNet download.")
-@click.option("--image_size", type=click.IntRange(min=16), help="Input size for a --tfhub_module with no fixed size.")
+@click.option(
+    "--image_size",
+    type=click.IntRange(min=8),
+    help="Input size for a --tfhub_module with no fixed size, and for small_cnn and pixels (default 32).",
+)
 @click.option(
     "--how_many_training_steps",
     default=4000,
@@ -90,6 +100,65 @@ from retrain.quiet import import_tensorflow_quietly
 @click.option("--saved_model_dir", help="Also copy the SavedModel here.")
 @click.option("--output_labels", help="Also copy labels.txt here.")
 @click.option("--random_seed", default=0, show_default=True, help="Seed for weights and batch sampling.")
+@click.option(
+    "--head",
+    type=click.Choice(["softmax", "prototype"]),
+    default="softmax",
+    show_default=True,
+    help="softmax: trained layer(s); prototype: nearest class mean of normalised bottlenecks (few-shot, no training).",
+)
+@click.option(
+    "--hidden_units",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="A hidden ReLU layer of this width before the softmax (0: none).",
+)
+@click.option(
+    "--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Dropout rate."
+)
+@click.option(
+    "--fine_tune_layers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="After the head, also train the top N weight layers of the backbone on decoded images.",
+)
+@click.option("--fine_tune_steps", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--fine_tune_learning_rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="  [default: --learning_rate / 10]",
+)
+@click.option("--flip_left_right", is_flag=True, help="Augment: mirror training images at random.")
+@click.option(
+    "--random_crop", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Augment: crop margin, %."
+)
+@click.option(
+    "--random_scale", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Augment: zoom in up to %."
+)
+@click.option(
+    "--random_brightness",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 100),
+    help="Augment: scale pixel values by up to ±%.",
+)
+@click.option(
+    "--augmentation_copies",
+    type=click.IntRange(min=0),
+    help="Augmented copies of each training image, computed once and cached.  [default: 4 with a distortion, else 0]",
+)
+@click.option(
+    "--train_fraction",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Train on this fraction of each class's training images (seeded; at least one). Hold-out sets unchanged.",
+)
+@click.option(
+    "--train_images_per_class",
+    type=click.IntRange(min=1),
+    help="Train on at most this many images per class (seeded). Hold-out sets unchanged.",
+)
 @click.option("--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks.")
 def main(verbose: bool, **flags) -> None:
     """Retrain a pretrained image network's last layer on folders of images, one folder per label."""
@@ -97,12 +166,17 @@ def main(verbose: bool, **flags) -> None:
         raise RetrainError("--image_dir is required (a folder with one sub-folder of images per label)")
     if not verbose:
         import_tensorflow_quietly()
+    from retrain.augment import Augmentation
     from retrain.pipeline import RetrainConfig, run
     from retrain.train import HParams
 
+    augmentation = Augmentation(**{name: flags.pop(name) for name in Augmentation.__dataclass_fields__})
+    if flags["augmentation_copies"] is None:
+        flags["augmentation_copies"] = DEFAULT_AUGMENTATION_COPIES if augmentation.enabled else 0
     hparam_names = set(HParams.__dataclass_fields__)
     hparams = HParams(**{k: v for k, v in flags.items() if k in hparam_names})
-    run(RetrainConfig(**{k: v for k, v in flags.items() if k not in hparam_names}, hparams=hparams))
+    config = {k: v for k, v in flags.items() if k not in hparam_names}
+    run(RetrainConfig(**config, augmentation=augmentation, hparams=hparams))
 
 
 def entry_point(argv: list[str] | None = None) -> None:

@@ -12,16 +12,17 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from retrain.backbones import Backbone
+from retrain.backbones.base_model import KERAS_MODEL_FILE
 from retrain.errors import RetrainError
+from retrain.heads import Head
 from retrain.paths import check_writable
-from retrain.train import Head
 from serve.model_info import MODEL_JSON, SAVED_MODEL_DIR, TFLITE_FILE, ModelInfo
 from serve.preprocess import CENTRAL_FRACTION, InputSpec
 
@@ -47,9 +48,17 @@ def check_output_dir(output_dir: str | Path) -> None:
 
 
 def export_model(
-    output_dir: str | Path, backbone: Backbone, head: Head, info: ModelInfo, update_latest: bool = False
+    output_dir: str | Path,
+    backbone: Backbone,
+    head: Head,
+    info: ModelInfo,
+    update_latest: bool = False,
+    write_reports: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Writes the export atomically and returns its path; with `update_latest`, repoints `<parent>/latest`."""
+    """Writes the export atomically and returns its path; with `update_latest`, repoints `<parent>/latest`.
+
+    `write_reports(folder)` adds the report files (plots) beside model.json before the rename.
+    """
     target = Path(output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -58,6 +67,10 @@ def export_model(
         saved_model = staging / SAVED_MODEL_DIR
         save_classifier(saved_model, backbone, head, info.labels)
         (staging / TFLITE_FILE).write_bytes(convert_to_tflite(saved_model))
+        if isinstance(backbone.model, keras.Model):
+            save_keras_model(staging / KERAS_MODEL_FILE, backbone, head)
+        if write_reports:
+            write_reports(staging)
         info.write(staging)
         _move_into_place(staging, target)
     except BaseException:
@@ -76,6 +89,16 @@ def save_classifier(directory: Path, backbone: Backbone, head: Head, labels: lis
         str(directory),
         signatures={"serving_default": module.serve_image_bytes, PIXELS_SIGNATURE: module.classify_pixels},
     )
+
+
+def save_keras_model(path: Path, backbone: Backbone, head: Head) -> None:
+    """Backbone + head as one Keras model, for Keras users and for a later `--base_model`."""
+    spec = backbone.input_spec
+    model = keras.Sequential(
+        [keras.Input((spec.height, spec.width, 3), name="images"), backbone.model, *head.keras_layers()],
+        name="retrained",
+    )
+    model.save(path)
 
 
 def convert_to_tflite(saved_model_dir: Path) -> bytes:
@@ -105,7 +128,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
 
 
 class _Classifier(tf.Module):
-    """Backbone + trained softmax layer, with the two serving entry points."""
+    """Backbone + trained head, with the two serving entry points."""
 
     def __init__(self, backbone: Backbone, head: Head, labels: list[str]):
         super().__init__(name="retrained_classifier")
@@ -114,9 +137,9 @@ class _Classifier(tf.Module):
         self.backbone = backbone.model
         # Keras 3 variables must be listed as TensorFlow variables, or the TFLite converter does not
         # find them in the SavedModel and silently drops the backbone's weights.
-        self.backbone_variables = [v.value if isinstance(v, keras.Variable) else v for v in backbone.model.variables]
-        self.head_weights = tf.Variable(head.weights.astype(np.float32), trainable=False, name="final_weights")
-        self.head_biases = tf.Variable(head.biases.astype(np.float32), trainable=False, name="final_biases")
+        self.backbone_variables = _tf_variables(backbone.model.variables)
+        self.head_layers = head.keras_layers()
+        self.head_variables = _tf_variables([v for layer in self.head_layers for v in layer.variables])
         self.label_table = tf.constant(labels)
         self.classify_pixels = tf.function(
             self._classify_pixels,
@@ -127,8 +150,10 @@ class _Classifier(tf.Module):
         )
 
     def _classify_pixels(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        features = self.backbone(images)
-        return {"scores": tf.nn.softmax(tf.matmul(features, self.head_weights) + self.head_biases)}
+        scores = self.backbone(images)
+        for layer in self.head_layers:
+            scores = layer(scores)
+        return {"scores": scores}
 
     def _serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.map_fn(
@@ -139,6 +164,10 @@ class _Classifier(tf.Module):
         scores = self._classify_pixels(pixels)["scores"]
         classes = tf.broadcast_to(self.label_table, tf.shape(scores))
         return {"scores": scores, "classes": classes}
+
+
+def _tf_variables(variables: list) -> list[tf.Variable]:
+    return [v.value if isinstance(v, keras.Variable) else v for v in variables]
 
 
 def decode_and_preprocess(data: tf.Tensor, spec: InputSpec) -> tf.Tensor:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from retrain.errors import RetrainError
 
@@ -150,3 +152,21 @@ def _split_class(
             members["training"].remove(borrowed)
             members[split].append(borrowed)
     return members
+
+
+def limit_training(
+    image_set: ImageSet, fraction: float | None = None, per_class: int | None = None, seed: int = 0
+) -> ImageSet:
+    """Keeps a seeded random subset of each class's training images: `fraction` of them (at least
+    one), or at most `per_class`. Validation and test images are untouched, so runs with less
+    training data are scored on the same hold-out images as the full run."""
+    if fraction is None and per_class is None:
+        return image_set
+    rng = np.random.default_rng(seed)
+    kept: list[Example] = []
+    for index in range(len(image_set.labels)):
+        members = [e for e in image_set.splits["training"] if e.label_index == index]
+        count = max(1, round(fraction * len(members))) if fraction is not None else per_class
+        chosen = sorted(rng.permutation(len(members))[: min(count, len(members))])
+        kept += [members[i] for i in chosen]
+    return replace(image_set, splits={**image_set.splits, "training": kept})

@@ -6,24 +6,33 @@ Everything a person should see goes through `retrain.report`.
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from retrain import __version__, report
+from retrain.augment import Augmentation, variant_pixels
 from retrain.backbones import DEFAULT_ARCHITECTURE, Backbone, load_backbone, registered
-from retrain.cache import BottleneckCache
+from retrain.cache import BottleneckCache, image_digest
+from retrain.crossval import CrossValidation, cross_validate
 from retrain.errors import RetrainError
 from retrain.export import check_output_dir, default_output_dir, export_model
 from retrain.extract import DEFAULT_BATCH_SIZE, ExtractionStats, compute_bottlenecks
-from retrain.images import SPLITS, ImageSet, discover
+from retrain.finetune import Pixels, decode_images, features_of, train_end_to_end, unfreeze_top
+from retrain.heads import Head, fit_prototypes
+from retrain.images import SPLITS, ImageSet, discover, limit_training
 from retrain.paths import check_writable, user_cache_dir
-from retrain.train import Head, HParams, accuracy_and_cross_entropy, train_head
-from serve.model_info import LABELS_TXT, SAVED_MODEL_DIR, ModelInfo
+from retrain.train import EvalRecord, HParams, accuracy_and_cross_entropy, initial_softmax_head, train_head
+from serve.model_info import CONFUSION_MATRIX_PNG, LABELS_TXT, SAVED_MODEL_DIR, TRAINING_CURVES_PNG, ModelInfo
+from serve.preprocess import decode_image
+
+HEADS = ("softmax", "prototype")
+FINE_TUNE_STEPS = 500
 
 
 @dataclass(frozen=True)
@@ -36,8 +45,17 @@ class RetrainConfig:
     bottleneck_dir: str | None = None  # None: <user cache>/bottlenecks
     architecture: str = DEFAULT_ARCHITECTURE
     tfhub_module: str | None = None
+    base_model: str | None = None
     weights_file: str | None = None
     image_size: int | None = None
+    head: str = "softmax"
+    fine_tune_layers: int = 0
+    fine_tune_steps: int = FINE_TUNE_STEPS
+    fine_tune_learning_rate: float | None = None  # None: a tenth of the head's learning rate
+    train_fraction: float | None = None
+    train_images_per_class: int | None = None
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    augmentation_copies: int = 0
     testing_percentage: float = 10
     validation_percentage: float = 10
     test_batch_size: int = -1
@@ -59,18 +77,47 @@ class Bottlenecks:
 
 
 @dataclass(frozen=True)
+class Trained:
+    """What training produced: the head, its history, and every split's vectors under the final backbone."""
+
+    head: Head
+    history: list[EvalRecord]
+    splits: dict[str, Bottlenecks]
+    extraction: ExtractionStats
+    end_to_end: bool = False  # the backbone changed: no cross-validation on cached vectors
+    fine_tuning_from_step: int | None = None
+    seconds: float = 0.0  # in the training loops (head and backbone), not extraction or export
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Hold-out results: on the test split, or cross-validated when there is none."""
+
+    accuracy: float | None
+    count: int
+    labels: np.ndarray  # true classes of the images scored
+    predictions: np.ndarray
+    paths: list[Path]
+    cross_validation: CrossValidation | None = None
+
+
+@dataclass(frozen=True)
 class RunResult:
     output_dir: Path
     test_accuracy: float | None
     test_count: int
     extraction: ExtractionStats
     head: Head
+    evaluation: Evaluation | None = None
 
 
 def run(config: RetrainConfig) -> RunResult:
     """Runs the whole job; RetrainError for anything the user can fix, raised before heavy work."""
     started = time.monotonic()
+    check_options(config)
     image_set = discover(config.image_dir, config.validation_percentage, config.testing_percentage)
+    seed = config.hparams.random_seed
+    image_set = limit_training(image_set, config.train_fraction, config.train_images_per_class, seed)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config.models_dir)
     check_output_dir(output_dir)
     bottleneck_dir = Path(config.bottleneck_dir) if config.bottleneck_dir else user_cache_dir() / "bottlenecks"
@@ -79,38 +126,30 @@ def run(config: RetrainConfig) -> RunResult:
         check_writable(config.saved_model_dir, "--saved_model_dir")
     if config.output_labels:
         check_writable(config.output_labels, "--output_labels")
-    if not config.tfhub_module:
+    if not config.tfhub_module and not config.base_model:
         registered(config.architecture)
     report.image_set_summary(image_set)
 
-    backbone = load_backbone(config.architecture, config.weights_file, config.tfhub_module, config.image_size)
-    report.backbone_summary(backbone)
-    cache = BottleneckCache(bottleneck_dir, backbone.cache_id, backbone.feature_dim)
-    splits, extraction, seconds = _bottlenecks(image_set, backbone, cache, config.extraction_batch_size)
-    report.extraction_summary(extraction, seconds, cache.directory)
-
-    train, validation, test = splits["training"], splits["validation"], splits["testing"]
-    if len(set(train.labels.tolist())) < 2:
-        raise RetrainError("fewer than two classes have decodable training images; nothing to learn")
-    head, history = train_head(
-        train.features,
-        train.labels,
-        validation.features,
-        validation.labels,
-        len(image_set.labels),
-        config.hparams,
-        on_eval=report.eval_step,
-        summaries_dir=config.summaries_dir,
+    backbone = load_backbone(
+        config.architecture, config.weights_file, config.tfhub_module, config.image_size, config.base_model
     )
-    test_accuracy, test_index = _test(head, test, config.test_batch_size, config.hparams.random_seed)
-    report.final_test(test_accuracy, len(test_index))
+    report.backbone_summary(backbone)
+    if config.fine_tune_layers:
+        unfreeze_top(backbone, config.fine_tune_layers)  # fails now, not after extraction, if it cannot
+    if backbone.from_scratch:
+        trained = _train_from_scratch(config, image_set, backbone)
+    else:
+        trained = _train_on_bottlenecks(config, image_set, backbone, bottleneck_dir)
+    evaluation = _evaluate(config, trained, image_set.labels)
+    report.evaluation(evaluation, image_set.labels)
     if config.print_misclassified_test_images:
-        predictions = np.argmax(head.probabilities(test.features[test_index]), axis=1)
         report.misclassified(
             [
-                (test.paths[i], image_set.labels[p])
-                for i, p in zip(test_index, predictions, strict=True)
-                if p != test.labels[i]
+                (path, image_set.labels[predicted])
+                for path, truth, predicted in zip(
+                    evaluation.paths, evaluation.labels, evaluation.predictions, strict=True
+                )
+                if predicted != truth
             ]
         )
 
@@ -118,16 +157,215 @@ def run(config: RetrainConfig) -> RunResult:
         labels=image_set.labels,
         input_spec=backbone.input_spec,
         backbone=backbone.cache_id,
-        details=_details(config, image_set, splits, extraction, history, test_accuracy, len(test_index), started),
+        details=_details(config, image_set, trained, evaluation, started),
     )
     report.exporting(output_dir)
-    exported = export_model(output_dir, backbone, head, info, update_latest=config.output_dir is None)
+    exported = export_model(
+        output_dir,
+        backbone,
+        trained.head,
+        info,
+        update_latest=config.output_dir is None,
+        write_reports=lambda folder: _write_plots(folder, trained, evaluation, image_set.labels),
+    )
     if config.saved_model_dir:
         shutil.copytree(exported / SAVED_MODEL_DIR, config.saved_model_dir, dirs_exist_ok=True)
     if config.output_labels:
         shutil.copyfile(exported / LABELS_TXT, config.output_labels)
     report.exported(exported, time.monotonic() - started)
-    return RunResult(exported, test_accuracy, len(test_index), extraction, head)
+    return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
+
+
+def check_options(config: RetrainConfig) -> None:
+    """Flag combinations that cannot work, refused before any work."""
+    if config.head not in HEADS:
+        raise RetrainError(f"unknown --head {config.head!r}; choose from {', '.join(HEADS)}")
+    trained_layers = config.hparams.hidden_units or config.hparams.dropout or config.fine_tune_layers
+    if config.head == "prototype" and trained_layers:
+        raise RetrainError(
+            "--head prototype trains nothing: --hidden_units, --dropout and --fine_tune_layers need --head softmax"
+        )
+    if config.fine_tune_layers and config.tfhub_module:
+        raise RetrainError("--fine_tune_layers works with Keras backbones (--architecture, --base_model), not TF Hub")
+    if config.train_fraction is not None and config.train_images_per_class is not None:
+        raise RetrainError("use either --train_fraction or --train_images_per_class, not both")
+    if config.augmentation_copies and not config.augmentation.enabled:
+        raise RetrainError(
+            "--augmentation_copies needs a distortion: --flip_left_right, --random_crop, --random_scale "
+            "or --random_brightness"
+        )
+
+
+def _train_on_bottlenecks(
+    config: RetrainConfig, image_set: ImageSet, backbone: Backbone, bottleneck_dir: Path
+) -> Trained:
+    """Cached vectors -> head; then, with --fine_tune_layers, the top of the backbone on decoded images."""
+    cache = BottleneckCache(bottleneck_dir, backbone.cache_id, backbone.feature_dim)
+    splits, extraction, seconds = _bottlenecks(image_set, backbone, cache, config.extraction_batch_size)
+    report.extraction_summary(extraction, seconds, cache.directory)
+    train, validation = splits["training"], splits["validation"]
+    if len(set(train.labels.tolist())) < 2:
+        raise RetrainError("fewer than two classes have decodable training images; nothing to learn")
+    if config.augmentation_copies:
+        train = _with_augmented_copies(config, train, backbone, cache)
+    num_classes = len(image_set.labels)
+    started = time.monotonic()
+    if config.head == "prototype":
+        head = fit_prototypes(train.features, train.labels, num_classes)
+        report.prototype_head(head, train, validation)
+        return Trained(head, [], splits, extraction, seconds=time.monotonic() - started)
+    head, history = train_head(
+        train.features,
+        train.labels,
+        validation.features,
+        validation.labels,
+        num_classes,
+        config.hparams,
+        on_eval=report.eval_step,
+        summaries_dir=config.summaries_dir,
+    )
+    if not config.fine_tune_layers:
+        return Trained(head, history, splits, extraction, seconds=time.monotonic() - started)
+    hparams = config.hparams
+    learning_rate = config.fine_tune_learning_rate or hparams.learning_rate / 10
+    report.fine_tuning(config.fine_tune_layers, config.fine_tune_steps, learning_rate)
+    head_seconds = time.monotonic() - started
+    pixels = _decode(splits, backbone)
+    training = _with_augmented_pixels(config, pixels["training"], splits["training"].paths, backbone)
+    started = time.monotonic()
+    head, more = train_end_to_end(
+        backbone,
+        head,
+        training,
+        pixels["validation"],
+        config.fine_tune_layers,
+        config.fine_tune_steps,
+        learning_rate,
+        hparams,
+        first_step=hparams.how_many_training_steps,
+        on_eval=report.eval_step,
+    )
+    tuned = {split: replace(splits[split], features=features_of(backbone, pixels[split].images)) for split in SPLITS}
+    seconds = head_seconds + time.monotonic() - started
+    return Trained(head, history + more, tuned, extraction, True, hparams.how_many_training_steps, seconds)
+
+
+def _train_from_scratch(config: RetrainConfig, image_set: ImageSet, backbone: Backbone) -> Trained:
+    """A backbone without pretrained weights trains end to end with its head on decoded images."""
+    examples = [example for split in SPLITS for example in image_set.splits[split]]
+    started = time.monotonic()
+    images, skipped = decode_images([e.path for e in examples], backbone.input_spec)
+    extraction = ExtractionStats(computed=len(examples) - len(skipped), skipped=skipped)
+    report.decoded_for_training(extraction, time.monotonic() - started)
+    bad = {path for path, _ in skipped}
+    pixels, start = {}, 0
+    for split in SPLITS:
+        members = image_set.splits[split]
+        keep = [i for i, e in enumerate(members) if e.path not in bad]
+        labels = np.array([members[i].label_index for i in keep], dtype=np.int32)
+        pixels[split] = Pixels(images[start : start + len(members)][keep], labels)
+        start += len(members)
+    if len(set(pixels["training"].labels.tolist())) < 2:
+        raise RetrainError("fewer than two classes have decodable training images; nothing to learn")
+    training_paths = [e.path for e in image_set.splits["training"] if e.path not in bad]
+    training_pixels = _with_augmented_pixels(config, pixels["training"], training_paths, backbone)
+    hparams = config.hparams
+    head = initial_softmax_head(backbone.feature_dim, len(image_set.labels), hparams)
+    started = time.monotonic()
+    head, history = train_end_to_end(
+        backbone,
+        head,
+        training_pixels,
+        pixels["validation"],
+        None,
+        hparams.how_many_training_steps,
+        hparams.learning_rate,
+        hparams,
+        on_eval=report.eval_step,
+    )
+    seconds = time.monotonic() - started
+    splits = {
+        split: Bottlenecks(
+            features_of(backbone, pixels[split].images),
+            pixels[split].labels,
+            [e.path for e in image_set.splits[split] if e.path not in bad],
+        )
+        for split in SPLITS
+    }
+    return Trained(head, history, splits, extraction, end_to_end=True, seconds=seconds)
+
+
+def _with_augmented_copies(
+    config: RetrainConfig, train: Bottlenecks, backbone: Backbone, cache: BottleneckCache
+) -> Bottlenecks:
+    """The training vectors plus K cached augmented copies of each image (never of hold-out images)."""
+    copies, seed = config.augmentation_copies, config.hparams.random_seed
+    started = time.monotonic()
+    vectors, ok, stats = compute_bottlenecks(
+        train.paths,
+        backbone,
+        cache,
+        config.extraction_batch_size,
+        augmentation=config.augmentation,
+        copies=copies,
+        seed=seed,
+    )
+    report.augmentation_summary(config.augmentation, copies, stats, time.monotonic() - started)
+    features = np.concatenate([train.features, vectors[ok].reshape(-1, backbone.feature_dim)])
+    labels = np.concatenate([train.labels, np.repeat(train.labels[ok], copies)])
+    return Bottlenecks(features, labels, train.paths)
+
+
+def _with_augmented_pixels(config: RetrainConfig, train: Pixels, paths: list[Path], backbone: Backbone) -> Pixels:
+    """For training through the backbone: the same K augmented copies, as pixels."""
+    if not config.augmentation_copies:
+        return train
+    copies, seed, spec = config.augmentation_copies, config.hparams.random_seed, backbone.input_spec
+    extra = []
+    for path in paths:
+        data = path.read_bytes()
+        image, digest = decode_image(data), image_digest(data)
+        extra += [variant_pixels(image, digest, spec, config.augmentation, copy, seed) for copy in range(copies)]
+    images = np.concatenate([train.images, np.stack(extra)]) if extra else train.images
+    report.augmented_pixels(config.augmentation, copies, len(extra))
+    return Pixels(images, np.concatenate([train.labels, np.repeat(train.labels, copies)]))
+
+
+def _decode(splits: dict[str, Bottlenecks], backbone: Backbone) -> dict[str, Pixels]:
+    """Decoded pixels of the images whose bottlenecks were computed, split by split."""
+    decoded = {}
+    for split in SPLITS:
+        images, _ = decode_images(splits[split].paths, backbone.input_spec)
+        decoded[split] = Pixels(images, splits[split].labels)
+    return decoded
+
+
+def _evaluate(config: RetrainConfig, trained: Trained, labels: list[str]) -> Evaluation:
+    """Test accuracy; without test images, cross-validation of the head on the other labelled vectors."""
+    test = trained.splits["testing"]
+    if len(test.labels):
+        index = _test_index(len(test.labels), config.test_batch_size, config.hparams.random_seed)
+        probabilities = trained.head.probabilities(test.features[index])
+        accuracy, _ = accuracy_and_cross_entropy(probabilities, test.labels[index])
+        predictions = np.argmax(probabilities, axis=1)
+        return Evaluation(accuracy, len(index), test.labels[index], predictions, [test.paths[i] for i in index])
+    if trained.end_to_end:
+        return Evaluation(None, 0, np.zeros(0, np.int32), np.zeros(0, np.int64), [])
+    pooled = [trained.splits[split] for split in ("training", "validation")]
+    features = np.concatenate([split.features for split in pooled])
+    truth = np.concatenate([split.labels for split in pooled])
+    validation = cross_validate(features, truth, _refit(config, len(labels)), config.hparams.random_seed)
+    paths = [path for split in pooled for path in split.paths]
+    return Evaluation(validation.accuracy, len(truth), truth, validation.predictions, paths, validation)
+
+
+def _refit(config: RetrainConfig, num_classes: int):
+    """How cross-validation refits the head on a subset: the same head, trained the same way, silently."""
+    if config.head == "prototype":
+        return lambda features, labels: fit_prototypes(features, labels, num_classes)
+    return lambda features, labels: train_head(features, labels, features[:0], labels[:0], num_classes, config.hparams)[
+        0
+    ]
 
 
 def _bottlenecks(
@@ -151,43 +389,70 @@ def _bottlenecks(
     return splits, stats, seconds
 
 
-def _test(head: Head, test: Bottlenecks, batch_size: int, seed: int) -> tuple[float | None, np.ndarray]:
-    """Accuracy on the test set (all of it for -1, else a random batch), and the indices used."""
-    if len(test.labels) == 0:
-        return None, np.zeros(0, dtype=np.int64)
+def _test_index(count: int, batch_size: int, seed: int) -> np.ndarray:
+    """The test images scored: all of them for -1, else a random batch (retrain.py's --test_batch_size)."""
     if batch_size < 0:
-        index = np.arange(len(test.labels))
-    else:
-        index = np.random.default_rng(seed + 1).integers(0, len(test.labels), size=batch_size)
-    accuracy, _ = accuracy_and_cross_entropy(head, test.features[index], test.labels[index])
-    return accuracy, index
+        return np.arange(count)
+    return np.random.default_rng(seed + 1).integers(0, count, size=batch_size)
+
+
+def _write_plots(folder: Path, trained: Trained, evaluation: Evaluation, labels: list[str]) -> None:
+    """confusion_matrix.png (of whatever the accuracy was measured on) and training_curves.png."""
+    from retrain import metrics, plots
+
+    if evaluation.count:
+        where = evaluation.cross_validation.describe() if evaluation.cross_validation else "test set"
+        matrix = metrics.confusion_matrix(evaluation.labels, evaluation.predictions, len(labels))
+        title = f"Confusion matrix, {where} ({evaluation.count} images)"
+        figure = plots.confusion_matrix_figure(matrix, labels, title)
+        plots.save_png(figure, folder / CONFUSION_MATRIX_PNG, {"Title": title, "Classes": json.dumps(labels)})
+    if trained.history:
+        history = trained.history
+        figure = plots.training_curves_figure(
+            [r.step for r in history],
+            [r.train_accuracy for r in history],
+            [r.validation_accuracy for r in history],
+            [r.cross_entropy for r in history],
+            [r.validation_cross_entropy for r in history],
+            phase_boundary=trained.fine_tuning_from_step,
+        )
+        plots.save_png(figure, folder / TRAINING_CURVES_PNG, {"Title": "Training curves"})
 
 
 def _details(
-    config: RetrainConfig,
-    image_set: ImageSet,
-    splits: dict[str, Bottlenecks],
-    extraction: ExtractionStats,
-    history: list,
-    test_accuracy: float | None,
-    test_count: int,
-    started: float,
+    config: RetrainConfig, image_set: ImageSet, trained: Trained, evaluation: Evaluation, started: float
 ) -> dict:
     """What model.json records beyond the runtime contract: metrics, flags, counts, versions."""
     import keras
     import PIL
     import tensorflow as tf
 
-    last = history[-1]
+    from retrain import metrics
+
+    splits, extraction = trained.splits, trained.extraction
+    last = trained.history[-1] if trained.history else None
+    per_class = metrics.per_class_metrics(evaluation.labels, evaluation.predictions, image_set.labels)
+    cross_validation = evaluation.cross_validation
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "head": trained.head.describe(),
         "metrics": {
-            "test_accuracy": test_accuracy,
-            "test_count": test_count,
-            "final_train_accuracy": last.train_accuracy,
-            "final_cross_entropy": last.cross_entropy,
-            "final_validation_accuracy": last.validation_accuracy,
-            "validation_count": last.validation_count,
+            "test_accuracy": None if cross_validation else evaluation.accuracy,
+            "test_count": 0 if cross_validation else evaluation.count,
+            "cross_validation": cross_validation.to_json() if cross_validation else None,
+            "per_class": metrics.to_json(per_class) if evaluation.count else [],
+            "macro_f1": metrics.macro_f1(per_class) if evaluation.count else None,
+            "final_train_accuracy": last.train_accuracy if last else None,
+            "final_cross_entropy": last.cross_entropy if last else None,
+            "final_validation_accuracy": last.validation_accuracy if last else None,
+            "validation_count": last.validation_count if last else len(splits["validation"].labels),
+        },
+        "training": {
+            "seconds": round(trained.seconds, 2),
+            "augmentation": {**config.augmentation.to_json(), "copies": config.augmentation_copies},
+            "end_to_end": trained.end_to_end,
+            "fine_tuning_from_step": trained.fine_tuning_from_step,
+            "history": [asdict(record) for record in trained.history],
         },
         "counts": {
             **{f"{split}_images": len(splits[split].labels) for split in SPLITS},
@@ -199,7 +464,9 @@ def _details(
             "bottlenecks_from_cache": extraction.cached,
             "bottlenecks_computed": extraction.computed,
         },
-        "flags": {k: v for k, v in asdict(config).items() if k != "hparams"} | asdict(config.hparams),
+        "flags": {k: v for k, v in asdict(config).items() if k not in ("hparams", "augmentation")}
+        | asdict(config.hparams)
+        | config.augmentation.to_json(),
         "versions": {
             "retrain": __version__,
             "python": platform.python_version(),

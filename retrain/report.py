@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from retrain.augment import Augmentation
 from retrain.backbones import Backbone
 from retrain.extract import ExtractionStats
+from retrain.heads import PrototypeHead
 from retrain.images import FEW_IMAGES_WARNING, MIN_IMAGES_FOR_HOLDOUT, SPLITS, ImageSet
-from retrain.train import EvalRecord
+from retrain.train import EvalRecord, accuracy_and_cross_entropy
 
 log = logging.getLogger("retrain")
 
@@ -53,6 +55,17 @@ def extraction_summary(stats: ExtractionStats, seconds: float, cache_dir: Path) 
     )
 
 
+def augmentation_summary(augmentation: Augmentation, copies: int, stats: ExtractionStats, seconds: float) -> None:
+    _say(
+        f"Augmented copies ({augmentation.describe()}): {copies} per training image, {stats.cached} from cache, "
+        f"{stats.computed} computed, in {seconds:.1f}s."
+    )
+
+
+def augmented_pixels(augmentation: Augmentation, copies: int, count: int) -> None:
+    _say(f"Augmented copies ({augmentation.describe()}): {copies} per training image, {count} decoded for training.")
+
+
 def eval_step(record: EvalRecord) -> None:
     _say(f"Step {record.step}: Train accuracy = {record.train_accuracy * 100:.1f}%")
     _say(f"Step {record.step}: Cross entropy = {record.cross_entropy:.6f}")
@@ -61,11 +74,49 @@ def eval_step(record: EvalRecord) -> None:
         _say(f"Step {record.step}: Validation accuracy = {accuracy:.1f}% (N={record.validation_count})")
 
 
-def final_test(accuracy: float | None, count: int) -> None:
-    if accuracy is None:
+def decoded_for_training(stats: ExtractionStats, seconds: float) -> None:
+    _say(
+        f"Decoded {stats.computed} images for training through the backbone, {len(stats.skipped)} skipped, "
+        f"in {seconds:.1f}s (no bottleneck cache: the backbone's weights change as it trains)."
+    )
+    for path, reason in stats.skipped:
+        log.warning("skipping %s: %s", path, reason)
+
+
+def prototype_head(head: PrototypeHead, train, validation) -> None:
+    """The prototype head trains nothing; say how well the class means fit and how they validate."""
+    accuracy, _ = accuracy_and_cross_entropy(head.probabilities(train.features), train.labels)
+    _say(f"Prototype head: {len(head.prototypes)} class means of {len(train.labels)} training vectors.")
+    _say(f"Train accuracy = {accuracy * 100:.1f}%")
+    if len(validation.labels):
+        accuracy, _ = accuracy_and_cross_entropy(head.probabilities(validation.features), validation.labels)
+        _say(f"Validation accuracy = {accuracy * 100:.1f}% (N={len(validation.labels)})")
+
+
+def fine_tuning(layers: int, steps: int, learning_rate: float) -> None:
+    _say(
+        f"Fine-tuning the top {layers} backbone layers with the head for {steps} steps "
+        f"(learning rate {learning_rate:g}, momentum 0.9) on decoded images..."
+    )
+
+
+def evaluation(result, labels: list[str]) -> None:
+    """The final accuracy (test split, or cross-validation when there is none) and per-class scores."""
+    from retrain import metrics
+
+    validation = result.cross_validation
+    if validation is not None:
+        _say(
+            f"No test images (too few per class for a hold-out split): estimated accuracy by "
+            f"{validation.describe()} = {validation.accuracy * 100:.1f}% (N={result.count})"
+        )
+    elif result.accuracy is None:
         _say("Final test accuracy = n/a (N=0): no test images")
+        return
     else:
-        _say(f"Final test accuracy = {accuracy * 100:.1f}% (N={count})")
+        _say(f"Final test accuracy = {result.accuracy * 100:.1f}% (N={result.count})")
+    for line in metrics.format_per_class(metrics.per_class_metrics(result.labels, result.predictions, labels)):
+        _say(line)
 
 
 def misclassified(items: list[tuple[Path, str]]) -> None:

@@ -17,10 +17,12 @@ MODEL_JSON = "model.json"
 LABELS_TXT = "labels.txt"
 TFLITE_FILE = "model.tflite"
 SAVED_MODEL_DIR = "saved_model"
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+TRAINING_CURVES_PNG = "training_curves.png"
 # Report plots an export may hold next to model.json (file name -> what it shows); serve shows those present.
 REPORT_PLOTS = {
-    "confusion_matrix.png": "Confusion matrix of the test images",
-    "training_curves.png": "Training curves: accuracy and cross entropy by step",
+    CONFUSION_MATRIX_PNG: "Confusion matrix of the held-out images",
+    TRAINING_CURVES_PNG: "Training curves: accuracy and cross entropy by step",
 }
 
 

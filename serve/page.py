@@ -47,6 +47,7 @@ class ModelSummary(BaseModel):
     created: str | None  # UTC, ISO 8601, from model.json
     test_accuracy: float | None  # 0..1 on `test_count` held-out images
     test_count: int | None
+    estimate: str | None = None  # how accuracy was estimated without test images (cross-validation)
     plots: list[Plot]
 
 
@@ -74,6 +75,13 @@ def page_routes(store: ModelStore, model_name: str) -> APIRouter:
         metrics = details.get("metrics") if isinstance(details.get("metrics"), dict) else {}
         created = details.get("created")
         count = _number(metrics.get("test_count"))
+        validation = metrics.get("cross_validation")
+        estimate = None
+        if isinstance(validation, dict) and _number(validation.get("accuracy")) is not None:
+            estimate = (
+                f"{validation['accuracy'] * 100:.1f}% by {validation.get('method', '')} cross-validation "
+                f"over {validation.get('images', '?')} images (too few for a test split)"
+            )
         tag = quote(f"{model.directory.name}-{model.version}")  # a new export gets new plot URLs
         plots = [
             Plot(name=name, title=title, url=f"/model/plots/{name}?v={tag}")
@@ -89,6 +97,7 @@ def page_routes(store: ModelStore, model_name: str) -> APIRouter:
             created=created if isinstance(created, str) else None,
             test_accuracy=_number(metrics.get("test_accuracy")),
             test_count=None if count is None else int(count),
+            estimate=estimate,
             plots=plots,
         )
 

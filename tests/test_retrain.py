@@ -46,7 +46,10 @@ def test_export_layout_model_json_and_latest_link(digits_run) -> None:
     result, _, root = digits_run
     export = result.output_dir
     assert export.parent == root / "models" and (root / "models" / "latest").resolve() == export.resolve()
-    assert {p.name for p in export.iterdir()} == {"labels.txt", "model.json", "model.tflite", "saved_model"}
+    assert {p.name for p in export.iterdir()} == {
+        "labels.txt", "model.json", "model.tflite", "saved_model", "model.keras",
+        "confusion_matrix.png", "training_curves.png",
+    }  # fmt: skip
     assert (export / "labels.txt").read_text().split() == [str(d) for d in range(10)]
     info = json.loads((export / "model.json").read_text())
     assert info["backbone"] == "efficientnet_lite0@imagenet"

@@ -254,10 +254,11 @@ def test_model_route_describes_the_model_and_lists_only_the_plots_it_has(in_proc
         "created": info["created"],
         "test_accuracy": info["metrics"]["test_accuracy"],
         "test_count": info["metrics"]["test_count"],
+        "estimate": None,
         "plots": [
             {
                 "name": "confusion_matrix.png",
-                "title": "Confusion matrix of the test images",
+                "title": "Confusion matrix of the held-out images",
                 "url": "/model/plots/confusion_matrix.png?v=export-12345",
             }
         ],
@@ -280,6 +281,17 @@ def test_model_route_gives_null_for_what_model_json_does_not_record(in_process) 
     assert (summary["created"], summary["test_accuracy"], summary["test_count"]) == (None, None, None)
 
 
+def test_model_route_explains_a_cross_validated_estimate(in_process) -> None:
+    info = json.loads((in_process.directory / "model.json").read_text())
+    validation = {"method": "leave-one-out", "folds": 6, "images": 6, "accuracy": 0.5}
+    info["metrics"] = {"test_accuracy": None, "test_count": 0, "cross_validation": validation}
+    (in_process.directory / "model.json").write_text(json.dumps(info))
+    in_process.store.current = loaded(in_process.directory, 1)
+    summary = get(in_process.app, "/model").json()
+    assert summary["test_accuracy"] is None
+    assert summary["estimate"] == "50.0% by leave-one-out cross-validation over 6 images (too few for a test split)"
+
+
 # --- the page in a browser ------------------------------------------------------------------------
 
 
@@ -294,7 +306,7 @@ def test_the_page_loads_only_from_the_server_and_describes_the_model(visit, expo
     assert page.page.locator("#accuracy").inner_text() == accuracy
     assert page.page.locator("#trained").inner_text() == f"{info['created'][:10]} {info['created'][11:16]} UTC"
     assert page.shown_labels() == info["labels"]
-    assert page.page.locator("#plots figure").count() == 0  # this export has no report plots
+    assert page.page.locator("#plots figure").count() == 2  # retrain writes both report plots
     # The file input has a visible label and is the first stop of the keyboard.
     assert page.page.get_by_label("Drop images here, or choose them").get_attribute("id") == "files"
     page.page.keyboard.press("Tab")

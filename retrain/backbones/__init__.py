@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from retrain.errors import RetrainError
 from serve.preprocess import InputSpec
@@ -17,12 +17,16 @@ from serve.preprocess import InputSpec
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registry entry. `build(weights_file)` loads local weights when given a path."""
+    """A registry entry. `build(weights_file)` loads local weights when given a path; a `resizable`
+    backbone's builder also takes `image_size`. Without `pretrained` weights and without a
+    `--weights_file`, the backbone trains from scratch with the head."""
 
     name: str
     input_spec: InputSpec
-    build: Callable[[str | None], object]
+    build: Callable[..., object]
     weights_source: str
+    resizable: bool = False
+    pretrained: bool = True
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Backbone:
     input_spec: InputSpec
     model: object  # a Keras model or a loaded SavedModel: normalised images -> (N, feature_dim)
     feature_dim: int
+    from_scratch: bool = False  # random weights: trained end to end, its vectors never cached
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -69,21 +74,37 @@ def load_backbone(
     weights_file: str | None = None,
     tfhub_module: str | None = None,
     image_size: int | None = None,
+    base_model: str | None = None,
 ) -> Backbone:
-    """Builds the chosen backbone: a registry entry by name, or a TF Hub feature-vector module."""
+    """Builds the chosen backbone: an earlier export, a TF Hub module, or a registry entry by name."""
+    if base_model:
+        from retrain.backbones.base_model import load_base_model
+
+        return load_base_model(base_model)
     if tfhub_module:
         from retrain.backbones.tfhub import load_tfhub_backbone
 
         return load_tfhub_backbone(tfhub_module, image_size)
     spec = registered(architecture)
-    model = spec.build(weights_file)
+    if spec.resizable:
+        model = spec.build(weights_file, image_size)
+        size = int(model.input_shape[1])
+        input_spec = replace(spec.input_spec, height=size, width=size)
+    else:
+        model = spec.build(weights_file)
+        input_spec = spec.input_spec
     weights_id = f"file-{_file_digest(weights_file)}" if weights_file else "imagenet"
+    if not spec.pretrained and not weights_file:
+        weights_id = "scratch"
+    elif spec.resizable and not weights_file:
+        weights_id = "none"
     return Backbone(
         name=spec.name,
-        cache_id=f"{spec.name}@{weights_id}",
-        input_spec=spec.input_spec,
+        cache_id=f"{spec.name}@{weights_id}" + (f"-{input_spec.height}px" if spec.resizable else ""),
+        input_spec=input_spec,
         model=model,
         feature_dim=int(model.output_shape[-1]),
+        from_scratch=not spec.pretrained and not weights_file,
     )
 
 
@@ -97,4 +118,4 @@ def _file_digest(path: str) -> str:
 
 def _register_builtins() -> None:
     """Importing a backbone module registers it; done lazily because each import pulls in Keras."""
-    from retrain.backbones import efficientnet_lite0, keras_apps  # noqa: F401
+    from retrain.backbones import efficientnet_lite0, keras_apps, scratch  # noqa: F401

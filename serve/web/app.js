@@ -52,7 +52,7 @@ function showModel(model, changed) {
   $("trained").replaceChildren(trainedAt(model.created));
   $("accuracy").textContent =
     model.test_accuracy === null
-      ? "not measured"
+      ? model.estimate || "not measured"
       : `${percent(model.test_accuracy)}` + (model.test_count ? ` of ${model.test_count} test images` : "");
   $("export").textContent = model.export;
   $("model-facts").hidden = false;
