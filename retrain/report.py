@@ -130,6 +130,5 @@ def exporting(output_dir: Path) -> None:
 
 
 def exported(output_dir: Path, seconds: float) -> None:
-    _say(
-        f"Exported model to {output_dir} (model.tflite, saved_model/, labels.txt, model.json) in {seconds:.1f}s total."
-    )
+    files = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir()))
+    _say(f"Exported model to {output_dir} ({files}) in {seconds:.1f}s total.")

@@ -1,0 +1,72 @@
+"""Experiment b: two related tasks, even digits and odd digits; does a network trained on one help the other?
+
+    .venv/bin/python experiments/b_even_odd.py [--seeds 0 1 2] [--work DIR]
+
+On the raw 8x8 pixels (`--architecture pixels --image_size 8`, 192 values per image):
+  softmax regression                                 (no more flags)
+  a one-hidden-layer network                         --hidden_units 64
+  that network trained on the other task, frozen     --base_model <other task's network>
+  the same, hidden layer fine-tuned                  + --fine_tune_layers 1
+Test accuracy on each task's test split, the time spent in training (model.json's
+`training.seconds`), and the wall time of the whole `retrain` command (which adds loading,
+extraction and the export).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+from common import digit_folder, markdown_table, mean_spread, retrain, save, work_folder
+
+TASKS = {"even": [0, 2, 4, 6, 8], "odd": [1, 3, 5, 7, 9]}
+METHODS = {
+    "pixels": "softmax regression on pixels",
+    "hidden": "one hidden layer (64 ReLU)",
+    "transfer": "hidden layer from the other task, frozen",
+    "fine_tuned": "hidden layer from the other task, fine-tuned",
+}
+
+
+def main(argv: list[str]) -> None:
+    work, seeds = work_folder(argv, "b")
+    cache = work / "cache"
+    folders = {task: digit_folder(work, digits) for task, digits in TASKS.items()}
+    runs: dict[str, list[dict]] = {method: [] for method in METHODS}
+
+    def record(method: str, task: str, seed: int, args: list) -> None:
+        run = retrain(args, work / f"{method}-{task}-s{seed}", cache)
+        runs[method].append(
+            {
+                "task": task,
+                "seed": seed,
+                "command": run.command,
+                "accuracy": run.accuracy,
+                "training_seconds": run.training_seconds,
+                "seconds": run.seconds,
+            }
+        )
+
+    for seed in seeds:
+        pixels = {task: ["--image_dir", folders[task], "--architecture", "pixels", "--image_size", "8",
+                         "--random_seed", seed] for task in TASKS}  # fmt: skip
+        for task in TASKS:
+            record("pixels", task, seed, pixels[task])
+            record("hidden", task, seed, [*pixels[task], "--hidden_units", "64"])
+        for task, other in (("even", "odd"), ("odd", "even")):
+            base = work / f"hidden-{other}-s{seed}"
+            transfer = ["--image_dir", folders[task], "--base_model", base, "--random_seed", seed]
+            record("transfer", task, seed, transfer)
+            record("fine_tuned", task, seed, [*transfer, "--fine_tune_layers", "1"])
+    header = ["method", "even digits: accuracy %", "odd digits: accuracy %", "training (s)", "whole command (s)"]
+    rows = []
+    for method, title in METHODS.items():
+        accuracy = [mean_spread([r["accuracy"] for r in runs[method] if r["task"] == task]) for task in TASKS]
+        training = mean_spread([r["training_seconds"] for r in runs[method]], percent=False)
+        seconds = statistics.mean(r["seconds"] for r in runs[method])
+        rows.append([title, *accuracy, training, f"{seconds:.1f}"])
+    save("b_even_odd", markdown_table(header, rows), runs)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
