@@ -124,11 +124,13 @@ DEFAULT_AUGMENTATION_COPIES = 4
     type=click.IntRange(min=0),
     help="After the head, also train the top N weight layers of the backbone on decoded images.",
 )
-@click.option("--fine_tune_steps", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--fine_tune_steps", default=500, show_default=True, type=click.IntRange(min=1), help="Steps of fine-tuning."
+)
 @click.option(
     "--fine_tune_learning_rate",
     type=click.FloatRange(min=0, min_open=True),
-    help="  [default: --learning_rate / 10]",
+    help="Fine-tuning step size (SGD, momentum 0.9).  [default: --learning_rate / 10]",
 )
 @click.option("--flip_left_right", is_flag=True, help="Augment: mirror training images at random.")
 @click.option(
