@@ -228,7 +228,8 @@ def _train_on_bottlenecks(
         return Trained(head, history, splits, extraction, seconds=time.monotonic() - started)
     hparams = config.hparams
     learning_rate = config.fine_tune_learning_rate or hparams.learning_rate / 10
-    report.fine_tuning(config.fine_tune_layers, config.fine_tune_steps, learning_rate)
+    _, fitted = accuracy_and_cross_entropy(head.probabilities(train.features), train.labels)
+    report.fine_tuning(config.fine_tune_layers, config.fine_tune_steps, learning_rate, fitted)
     head_seconds = time.monotonic() - started
     pixels = _decode(splits, backbone)
     training = _with_augmented_pixels(config, pixels["training"], splits["training"].paths, backbone)

@@ -93,11 +93,22 @@ def prototype_head(head: PrototypeHead, train, validation) -> None:
         _say(f"Validation accuracy = {accuracy * 100:.1f}% (N={len(validation.labels)})")
 
 
-def fine_tuning(layers: int, steps: int, learning_rate: float) -> None:
+# Below this mean cross entropy on the training images the head fits them almost perfectly, and
+# fine-tuning's gradients are too small to change any prediction (docs/experiments.md, table a).
+FITTED_CROSS_ENTROPY = 0.01
+
+
+def fine_tuning(layers: int, steps: int, learning_rate: float, train_cross_entropy: float) -> None:
     _say(
         f"Fine-tuning the top {layers} backbone layers with the head for {steps} steps "
         f"(learning rate {learning_rate:g}, momentum 0.9) on decoded images..."
     )
+    if train_cross_entropy < FITTED_CROSS_ENTROPY:
+        log.warning(
+            "the head already fits the training images (cross entropy %.4f): fine-tuning has little left to "
+            "learn; fewer --how_many_training_steps or more images give it room",
+            train_cross_entropy,
+        )
 
 
 def evaluation(result, labels: list[str]) -> None:

@@ -243,6 +243,17 @@ def test_base_model_transfers_an_earlier_network(small_cnn_run, root: Path, fine
     assert model_json(export)["labels"] == ["2", "5", "8"]
 
 
+def test_fine_tuning_after_a_head_that_fits_its_images_warns(small_cnn_run, root: Path, caplog) -> None:
+    """Table a of docs/experiments.md: a head with ~0 training loss leaves fine-tuning no gradient."""
+    other = copy_digits(root / "other", ["2", "5", "8"], per_class=25)
+    _, base = small_cnn_run
+    retrain(
+        root, "fitted", "--image_dir", str(other), "--base_model", str(base), "--fine_tune_layers", "1",
+        "--fine_tune_steps", "10", "--how_many_training_steps", "3000", "--learning_rate", "0.05",
+    )  # fmt: skip
+    assert any("the head already fits the training images" in record.getMessage() for record in caplog.records)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
