@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LABEL_WIDTH = 24
-"""Longest label shown in the log table; longer ones are cut with an ellipsis."""
+"""Longest label shown in the log table; longer ones are cut in the middle."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,10 @@ def macro_f1(metrics: list[ClassMetrics]) -> float:
 
 def format_per_class(metrics: list[ClassMetrics]) -> list[str]:
     """An aligned text table for the log: a header, one line per class, then the macro average."""
-    width = max([len("Class"), len("macro avg"), *(len(_shorten(m.label)) for m in metrics)])
+    width = max([len("Class"), len("macro avg"), *(len(shorten_label(m.label)) for m in metrics)])
     lines = [f"{'Class':<{width}}  {'Precision':>9}  {'Recall':>6}  {'F1':>5}  {'Support':>7}"]
     for m in metrics:
-        lines.append(_row(_shorten(m.label), width, m.precision, m.recall, m.f1, m.support))
+        lines.append(_row(shorten_label(m.label), width, m.precision, m.recall, m.f1, m.support))
     if metrics:
         mean_precision = float(np.mean([m.precision for m in metrics]))
         mean_recall = float(np.mean([m.recall for m in metrics]))
@@ -95,8 +95,13 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.where(denominator == 0, 0.0, numerator / safe)
 
 
-def _shorten(label: str) -> str:
-    return label if len(label) <= LABEL_WIDTH else label[: LABEL_WIDTH - 1] + "…"
+def shorten_label(label: str, width: int = LABEL_WIDTH) -> str:
+    """`label` cut to `width` characters in the middle ("great_white_…_underwater"), because labels
+    that share a long prefix usually differ at the end (`..._v1`, `..._v2`)."""
+    if len(label) <= width:
+        return label
+    tail = (width - 1) // 2
+    return label[: width - 1 - tail] + "…" + label[len(label) - tail :]
 
 
 def _row(label: str, width: int, precision: float, recall: float, f1: float, support: int) -> str:

@@ -18,15 +18,21 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from retrain.metrics import shorten_label
+
 DPI = 110
 MAX_ANNOTATED_CLASSES = 40
 """Above this many classes the cells are too small for their counts, so only colours are drawn."""
 MAX_TICK_LABEL = 30
-"""Longer class names are cut with an ellipsis on the axes."""
+"""Longer class names are cut in the middle on the axes."""
 
 TRAIN_COLOR = "#0072B2"  # Okabe-Ito blue
 VALIDATION_COLOR = "#D55E00"  # Okabe-Ito vermillion
 BOUNDARY_COLOR = "#555555"
+ZERO_COLOR = "#aaaaaa"  # zero counts recede, so the mistakes stand out
+FINE_TUNING_LABEL = "fine-tuning starts"
+SMOOTH_FROM_POINTS = 50
+"""With at least this many evaluations, curves are smoothed (raw values stay visible, faint)."""
 
 
 def confusion_matrix_figure(matrix: np.ndarray, labels: list[str], title: str) -> Figure:
@@ -42,9 +48,9 @@ def confusion_matrix_figure(matrix: np.ndarray, labels: list[str], title: str) -
     row_totals = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, row_totals, out=np.zeros(matrix.shape, dtype=np.float64), where=row_totals > 0)
 
-    names = [_shorten(label) for label in labels]
+    names = [shorten_label(label, MAX_TICK_LABEL) for label in labels]
     longest = max((len(name) for name in names), default=1)
-    cell = 0.55 if n <= 15 else max(0.3, 8.5 / n)  # inches
+    cell = 0.55 if n <= 15 else max(0.3, 8.5 / n) if n <= MAX_ANNOTATED_CLASSES else 0.22  # inches
     side = max(4.0, n * cell)
     label_room = 0.3 + 0.075 * longest  # inches the tick labels need
     figure = Figure(figsize=(side + label_room + 2.0, side + label_room + 1.0), dpi=DPI, layout="constrained")
@@ -54,7 +60,7 @@ def confusion_matrix_figure(matrix: np.ndarray, labels: list[str], title: str) -
     colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.03, format=PercentFormatter(xmax=1.0))
     colorbar.set_label("Share of the true label's images")
 
-    tick_size = 10 if n <= 15 else 8 if n <= 30 else 7
+    tick_size = 10 if n <= 15 else 8 if n <= 30 else 7 if n <= MAX_ANNOTATED_CLASSES else 6
     axes.set_xticks(range(n), names, fontsize=tick_size)
     axes.set_yticks(range(n), names, fontsize=tick_size)
     if longest * 0.075 * tick_size / 10 > cell * 0.9:  # names wider than a column: slant them
@@ -79,7 +85,7 @@ def confusion_matrix_figure(matrix: np.ndarray, labels: list[str], title: str) -
         for row in range(n):
             for column in range(n):
                 count = int(matrix[row, column])
-                color = "white" if shares[row, column] > 0.5 else "#999999" if count == 0 else "#1a1a1a"
+                color = "white" if shares[row, column] > 0.5 else "#1a1a1a" if count else ZERO_COLOR
                 axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=count_size)
     return figure
 
@@ -96,7 +102,7 @@ def training_curves_figure(
 
     Validation values that are None (steps without a validation pass) are skipped; a validation
     sequence that is None or all None draws the training line alone. `phase_boundary` is the step
-    where fine-tuning began, drawn as a dashed vertical line.
+    where fine-tuning began, drawn as a dashed vertical line; smoothing never averages across it.
     """
     figure = Figure(figsize=(11.0, 4.2), dpi=DPI, layout="constrained")
     accuracy_axes, loss_axes = figure.subplots(1, 2)
@@ -104,33 +110,31 @@ def training_curves_figure(
         (accuracy_axes, "Accuracy", train_accuracy, validation_accuracy),
         (loss_axes, "Cross entropy", train_cross_entropy, validation_cross_entropy),
     )
+    windows = []
     for axes, name, train, validation in panels:
-        _plot_series(axes, steps, train, "train", TRAIN_COLOR, linewidth=1.6)
+        windows.append(_plot_series(axes, steps, train, "train", TRAIN_COLOR, phase_boundary))
         if validation is not None:
-            _plot_series(axes, steps, validation, "validation", VALIDATION_COLOR, linewidth=1.6)
+            windows.append(_plot_series(axes, steps, validation, "validation", VALIDATION_COLOR, phase_boundary))
+        if phase_boundary is not None:
+            axes.axvline(phase_boundary, color=BOUNDARY_COLOR, linestyle="--", linewidth=1.2, label=FINE_TUNING_LABEL)
         axes.set_title(name, fontsize=12)
         axes.set_xlabel("Training step", fontsize=11)
         axes.set_ylabel(name, fontsize=11)
-        axes.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, steps=[1, 2, 2.5, 5, 10]))
+        axes.margins(x=0.01)
         axes.grid(color="#e5e5e5", linewidth=0.8)
         axes.set_axisbelow(True)
         for side in ("top", "right"):
             axes.spines[side].set_visible(False)
-        if phase_boundary is not None:
-            axes.axvline(phase_boundary, color=BOUNDARY_COLOR, linestyle="--", linewidth=1.2)
-            axes.text(
-                phase_boundary,
-                0.03,
-                " fine-tuning starts",
-                transform=axes.get_xaxis_transform(),
-                rotation=90,
-                ha="right",
-                va="bottom",
-                color=BOUNDARY_COLOR,
-                fontsize=9,
-            )
-        axes.legend(loc="lower right" if axes is accuracy_axes else "upper right", frameon=False)
+        axes.legend(loc="best", frameon=True, framealpha=0.9, edgecolor="none")
 
+    if any(window > 1 for window in windows):
+        window = max(windows)
+        figure.suptitle(
+            f"Bold lines: centred moving average over {window} evaluations; faint lines: each evaluation",
+            fontsize=9,
+            color=BOUNDARY_COLOR,
+        )
     accuracy_axes.set_ylim(0.0, 1.02)
     accuracy_axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     loss_axes.set_ylim(bottom=0.0)
@@ -152,13 +156,38 @@ def save_png(figure: Figure, path: Path, metadata: dict[str, str] | None = None)
         raise
 
 
-def _plot_series(axes, steps: Sequence[int], values: Sequence[float | None], label: str, color: str, linewidth: float):
-    """Plot the (step, value) pairs whose value is not None; nothing at all when every value is None."""
+def _plot_series(
+    axes, steps: Sequence[int], values: Sequence[float | None], label: str, color: str, boundary: int | None
+) -> int:
+    """Plot the (step, value) pairs whose value is not None (nothing when all are); returns the
+    smoothing window in points (1: not smoothed).
+
+    Per-evaluation values are noisy (train accuracy is measured on one small batch), so when there
+    are many points they are drawn faintly and a centred moving average is drawn over them, one
+    per training phase (before and after `boundary`), so a jump where fine-tuning starts stays a jump.
+    """
     points = [(step, value) for step, value in zip(steps, values, strict=True) if value is not None]
-    if points:
-        x, y = zip(*points, strict=True)
-        axes.plot(x, y, label=label, color=color, linewidth=linewidth)
+    if not points:
+        return 1
+    x, y = (np.asarray(column, dtype=np.float64) for column in zip(*points, strict=True))
+    if len(y) < SMOOTH_FROM_POINTS:
+        axes.plot(x, y, label=label, color=color, linewidth=1.8)
+        return 1
+    window = 2 * (len(y) // 50) + 1
+    axes.plot(x, y, color=color, linewidth=0.8, alpha=0.25)
+    phases = x >= boundary if boundary is not None else np.zeros(len(x), dtype=bool)
+    smoothed = np.concatenate([_moving_average(y[phases == phase], window) for phase in (False, True)])
+    axes.plot(x, smoothed, label=label, color=color, linewidth=1.8)
+    return window
 
 
-def _shorten(label: str) -> str:
-    return label if len(label) <= MAX_TICK_LABEL else label[: MAX_TICK_LABEL - 1] + "…"
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred mean over `window` points (odd); near the ends, over the points there are, so no lag."""
+    if not len(values):
+        return values
+    half = window // 2
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    index = np.arange(len(values))
+    low = np.maximum(index - half, 0)
+    high = np.minimum(index + half + 1, len(values))
+    return (sums[high] - sums[low]) / (high - low)
