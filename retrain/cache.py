@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from retrain.files import replacing
 from serve.preprocess import PREPROCESSING_VERSION
 
 log = logging.getLogger(__name__)
@@ -60,14 +59,9 @@ class BottleneckCache:
         return vector
 
     def put(self, key: str, vector: np.ndarray) -> None:
-        """Writes atomically: a temporary file in the same folder, then a rename over the final name."""
+        """Writes atomically (a temporary file in the same folder renamed over the final name), readable by
+        whoever may read the cache folder."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(path) as temporary, temporary.open("wb") as f:
+            np.save(f, np.asarray(vector, dtype=np.float32), allow_pickle=False)

@@ -17,6 +17,8 @@ from retrain.errors import RetrainError
 from retrain.quiet import import_tensorflow_quietly
 
 DEFAULT_AUGMENTATION_COPIES = 4
+# Installed by the `train` extra only; the serve image has the `retrain` script but none of these.
+TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "matplotlib", "tqdm")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -198,6 +200,11 @@ def entry_point(argv: list[str] | None = None) -> None:
         _fail(2, str(e), verbose)
     except KeyboardInterrupt:
         _fail(130, "interrupted; finished bottlenecks are cached, nothing was exported", verbose)
+    except ModuleNotFoundError as e:
+        if e.name not in TRAINING_MODULES:
+            _fail(1, f"internal error: {type(e).__name__}: {e}", verbose)
+        missing = f"no module named {e.name!r}: training needs `pip install 'retrain[train]'` (or the retrain image)"
+        _fail(2, missing, verbose)
     except Exception as e:
         _fail(1, f"internal error: {type(e).__name__}: {e}", verbose)
     sys.exit(0)

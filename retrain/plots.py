@@ -9,8 +9,6 @@ objects without pyplot, so there is no global figure state, no GUI backend, and 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from retrain.files import replacing
 from retrain.metrics import shorten_label
 
 DPI = 110
@@ -146,14 +145,8 @@ def save_png(figure: Figure, path: Path, metadata: dict[str, str] | None = None)
     so a reader (serve's web page) never sees half a picture. `metadata` goes into PNG text chunks
     (ASCII; e.g. the class names as JSON, so a program can tell which model a picture is of)."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            figure.savefig(file, format="png", dpi=DPI, bbox_inches="tight", facecolor="white", metadata=metadata or {})
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replacing(path) as temporary, temporary.open("wb") as file:
+        figure.savefig(file, format="png", dpi=DPI, bbox_inches="tight", facecolor="white", metadata=metadata or {})
 
 
 def _plot_series(

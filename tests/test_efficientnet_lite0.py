@@ -7,6 +7,7 @@ import io
 import math
 import os
 import pickle
+import stat
 import struct
 import sys
 import types
@@ -280,3 +281,28 @@ def _reference_forward(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarra
     logits = x @ state["_fc.weight"].T + state["_fc.bias"]
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def test_an_unwritable_weights_folder_converts_for_this_run_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, feature_model, photos
+) -> None:
+    """A weights folder that cannot be created (here: its parent is a file; in an image, a root-owned
+    layer) costs a conversion per run, with a warning, but never the run itself."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("RETRAIN_WEIGHTS_DIR", str(blocker / "weights"))
+    with pytest.warns(UserWarning, match="for this run only"):
+        model = lite0.build_feature_model(None)
+    x = photos["flower"][None]
+    np.testing.assert_allclose(model.predict(x, verbose=0), feature_model.predict(x, verbose=0), atol=1e-6)
+    assert blocker.read_text() == ""
+
+
+def test_converted_weights_are_readable_by_other_users(counted_conversions: list[Path]) -> None:
+    """Baked into an image as root, the file must be readable by the image's unprivileged user."""
+    previous = os.umask(0o022)
+    try:
+        lite0.build_feature_model(None)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(lite0.imagenet_weights_path().stat().st_mode) == 0o644

@@ -26,6 +26,7 @@ import numpy as np
 from keras import layers
 
 from retrain.backbones import BackboneSpec, register
+from retrain.files import replacing
 from retrain.paths import weights_cache_dir
 from serve.preprocess import InputSpec
 
@@ -188,7 +189,11 @@ def _block(
 
 
 def _load_imagenet_weights(model: keras.Model) -> None:
-    """Loads the cached converted weights, converting first if they are missing or unreadable."""
+    """Loads the cached converted weights, converting first if they are missing or unreadable.
+
+    Where the cache cannot be written (a read-only image layer, another user's folder), the
+    weights are converted into a temporary folder for this run, with a warning, rather than failing.
+    """
     path = imagenet_weights_path()
     if path.is_file():
         try:
@@ -196,12 +201,24 @@ def _load_imagenet_weights(model: keras.Model) -> None:
             return
         except (OSError, ValueError, KeyError) as e:
             warnings.warn(f"cached weights {path} are unreadable ({e}); converting them again", stacklevel=3)
-    _convert_imagenet_weights(path)
+    try:
+        _convert_imagenet_weights(path)
+    except OSError as e:
+        warnings.warn(
+            f"cannot keep converted weights in {path.parent} ({e.strerror or e}); converting them for this run only",
+            stacklevel=3,
+        )
+        with tempfile.TemporaryDirectory(prefix="retrain-weights-") as scratch:
+            temporary = Path(scratch) / WEIGHTS_FILE_NAME
+            _convert_imagenet_weights(temporary)
+            model.load_weights(temporary)
+        return
     model.load_weights(path)
 
 
 def _convert_imagenet_weights(path: Path) -> None:
-    """Converts the PyTorch checkpoint to a Keras weights file at `path`, atomically."""
+    """Converts the PyTorch checkpoint to a Keras weights file at `path`, atomically, readable by all
+    who may read its folder."""
     from retrain.torch_legacy import load_legacy_state_dict
 
     try:
@@ -216,14 +233,8 @@ def _convert_imagenet_weights(path: Path) -> None:
     model = EfficientNetLite0(include_top=True, weights=None)
     _convert_state_dict(load_legacy_state_dict(source), model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as temporary:
+        model.save_weights(temporary)
 
 
 def _torch_names() -> dict[str, str]:
