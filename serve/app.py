@@ -9,7 +9,9 @@
     GET  /, /model, /model/plots/{name}   the web page and the model description it shows (serve.page)
 
 Errors are `{"error": "..."}`: 400 bad image or JSON, 404 unknown model, 413 too large, 415 not
-an image or not a multipart upload.
+an image or not a multipart upload, 503 (with Retry-After) no model loaded yet (`--wait_for_model`).
+While no model is loaded, /healthz still answers 200 (the process is alive) and /readyz, like every
+endpoint that needs the model, answers 503.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve.middleware import AccessLog, BodyLimit, RequestTooLargeError
 from serve.page import page_routes
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, NotAnImageError, preprocess
-from serve.store import ModelStore, ServedModel
+from serve.store import ModelStore, NoModelError, ServedModel
 
 MAX_TOP_K = 1000
 
@@ -43,6 +45,7 @@ class ServeSettings:
     model_name: str = "retrained"
     max_request_bytes: int = 32 * 2**20
     max_image_pixels: int = 40_000_000
+    retry_after_seconds: int = 5  # told to clients while no model is loaded yet
 
 
 class ApiError(Exception):
@@ -102,6 +105,11 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
     @app.exception_handler(RequestTooLargeError)
     async def too_large(_: Request, error: RequestTooLargeError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=413)
+
+    @app.exception_handler(NoModelError)
+    async def no_model(_: Request, error: NoModelError) -> JSONResponse:
+        headers = {"retry-after": str(settings.retry_after_seconds)}
+        return JSONResponse({"error": str(error)}, status_code=503, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -214,7 +222,7 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
 
     @app.get("/readyz", response_model=Readiness)
     async def readyz() -> dict[str, Any]:
-        """Readiness: a model is loaded and has passed its start-up inference."""
+        """Readiness: a model is loaded and has passed its start-up inference (503 while none has)."""
         model = store.current
         return {"status": "ready", "model": str(model.directory), "version": model.version, "labels": len(model.labels)}
 

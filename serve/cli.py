@@ -2,14 +2,18 @@
 
     serve --model_dir models/latest                          # HTTP on 0.0.0.0:8501
     serve --model_dir models/latest predict a.jpg b.png --top_k 3
+    serve --model_dir /models/latest --wait_for_model       # a container started before any export
 
 Exit codes: 0 ok, 2 bad usage, model directory or input file (one line on stderr), 1 internal failure.
+With --wait_for_model a missing or broken model directory is no start-up failure: the server answers
+503 until an export loads there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -38,7 +42,9 @@ class ServeError(Exception):
     help="A retrain export (or a link to one).",
 )
 @click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--port", default=8501, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port", default=8501, show_default=True, envvar="SERVE_PORT", show_envvar=True, type=click.IntRange(0, 65535)
+)
 @click.option("--model_name", default="retrained", show_default=True, help="The name in /v1/models/<name> paths.")
 @click.option(
     "--workers",
@@ -78,6 +84,13 @@ class ServeError(Exception):
     show_default=True,
     type=click.FloatRange(min=0),
     help="How often to look for a new export in --model_dir (0: only on SIGHUP).",
+)
+@click.option(
+    "--wait_for_model",
+    is_flag=True,
+    envvar="SERVE_WAIT_FOR_MODEL",
+    show_envvar=True,
+    help="If --model_dir is missing or broken, start anyway (503 until an export loads) instead of exiting 2.",
 )
 @click.option("--log_format", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.pass_context
@@ -129,16 +142,18 @@ def _run_server(**options) -> None:
         batcher = MicroBatcher(model.runners, options["max_batch_size"], options["batch_timeout_ms"] / 1000)
         return ServedModel(model, batcher)
 
-    store = _load(lambda: ModelStore(options["model_dir"], load))
-    log.warning(
-        "serving %s (%d labels) as %r", store.current.directory, len(store.current.labels), options["model_name"]
-    )
+    store = _load(lambda: ModelStore(options["model_dir"], load, wait=options["wait_for_model"]))
+    if store.loaded:
+        log.warning(
+            "serving %s (%d labels) as %r", store.current.directory, len(store.current.labels), options["model_name"]
+        )
     store.watch(options["poll_seconds"])
     signal.signal(signal.SIGHUP, lambda *_: store.request_reload())
     settings = ServeSettings(
         model_name=options["model_name"],
         max_request_bytes=options["max_request_bytes"],
         max_image_pixels=options["max_image_pixels"],
+        retry_after_seconds=math.ceil(options["poll_seconds"]) or 5,  # the next look for an export
     )
     try:
         uvicorn.run(

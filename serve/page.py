@@ -6,7 +6,8 @@
     GET /model/plots/{name}      a report plot of the current export: only the names in REPORT_PLOTS
 
 The page asks `POST /predict` like any API client and fetches `/model` again after each answer,
-so a reloaded model's labels show up on the next query without reloading the page.
+so a reloaded model's labels show up on the next query without reloading the page. While serve
+waits for its first model, /model answers 503 and the page says so and asks again.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ new export first (a broken one is refused and the old one keeps serving), then s
 model's batcher is closed only when its last lease is returned, so in-flight requests finish on
 the model they started with. Reloads come from SIGHUP or from polling `--model_dir` (a `latest`
 link that moves, or a model.json that changes).
+
+With `wait`, the store may start empty (a container's serve up before the first retrain job has
+exported anything): requests get NoModelError until the watcher loads the first export.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ from serve.model_info import MODEL_JSON, ModelDirError
 from serve.runtime import LoadedModel
 
 log = logging.getLogger("serve")
+
+
+class NoModelError(RuntimeError):
+    """No export has loaded yet; the server is up and waiting for one (HTTP 503, not a crash)."""
+
+    def __init__(self, model_dir: Path):
+        super().__init__(f"no model loaded yet: waiting for retrain to export one to {model_dir}")
 
 
 class ServedModel:
@@ -52,14 +62,24 @@ class ServedModel:
 
 
 class ModelStore:
-    """Holds the served model; `reload()` swaps in a new export only if it loads and runs."""
+    """Holds the served model; `reload()` swaps in a new export only if it loads and runs.
 
-    def __init__(self, model_dir: str | Path, load: Callable[[Path], ServedModel]):
+    With `wait`, an export that cannot be loaded at start leaves the store empty instead of raising
+    ModelDirError, so the server can start first and pick the model up when it appears.
+    """
+
+    def __init__(self, model_dir: str | Path, load: Callable[[Path], ServedModel], wait: bool = False):
         self.model_dir = Path(model_dir)
         self._load = load
         self._lock = threading.Lock()
-        self._current = load(self.model_dir)
         self._fingerprint = _fingerprint(self.model_dir)
+        self._current: ServedModel | None = None
+        try:
+            self._current = load(self.model_dir)
+        except ModelDirError as e:
+            if not wait:
+                raise
+            log.warning("no model at %s yet (%s); waiting for one", self.model_dir, e)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -70,6 +90,8 @@ class ModelStore:
         """The current model, kept alive (not closed by a reload) until the block ends."""
         with self._lock:
             served = self._current
+            if served is None:
+                raise NoModelError(self.model_dir)
             served._acquire()
         try:
             yield served
@@ -77,8 +99,17 @@ class ModelStore:
             served._release()
 
     @property
+    def loaded(self) -> bool:
+        """False only while waiting for the first export (`wait`)."""
+        return self._current is not None
+
+    @property
     def current(self) -> LoadedModel:
-        return self._current.model
+        """The model serving now; NoModelError while none has loaded."""
+        served = self._current
+        if served is None:
+            raise NoModelError(self.model_dir)
+        return served.model
 
     def reload(self) -> bool:
         """Loads `model_dir` again; True if the new export now serves, False if it was refused."""
@@ -86,15 +117,21 @@ class ModelStore:
         try:
             fresh = self._load(self.model_dir)
         except ModelDirError as e:
-            log.error("reload refused, still serving %s: %s", self.current.directory, e)
+            if self._current is None:
+                log.error("still no model at %s, waiting: %s", self.model_dir, e)
+            else:
+                log.error("reload refused, still serving %s: %s", self._current.model.directory, e)
             self._fingerprint = fingerprint  # do not retry the same broken export every poll
             return False
         with self._lock:
             old, self._current = self._current, fresh
             self._fingerprint = fingerprint
             self.reloads += 1
-        old._retire()
-        log.warning("reloaded: now serving %s (version %d)", fresh.model.directory, fresh.model.version)
+        if old is None:
+            log.warning("model loaded: now serving %s (version %d)", fresh.model.directory, fresh.model.version)
+        else:
+            old._retire()
+            log.warning("reloaded: now serving %s (version %d)", fresh.model.directory, fresh.model.version)
         return True
 
     def request_reload(self) -> None:
@@ -111,7 +148,8 @@ class ModelStore:
         self._wake.set()
         if self._watcher:
             self._watcher.join()
-        self._current._retire()
+        if self._current is not None:
+            self._current._retire()
 
     def _watch(self, poll_seconds: float) -> None:
         while not self._stop.is_set():

@@ -3,7 +3,8 @@
 What a user of `serve` relies on: no TensorFlow in the runtime, every endpoint in its documented
 shape, the same answers as the model retrain trained, a 4xx JSON error for every bad request (and
 the server still fine afterwards), micro-batching under concurrency, hot reload without dropping a
-request, one-line start-up failures, the `predict` command, and one access-log line per request.
+request, one-line start-up failures (or, with `--wait_for_model`, 503s until the first export
+lands), the `predict` command, and one access-log line per request.
 Servers are module-scoped: starting one costs a few seconds of LiteRT loading on CI's two cores.
 """
 
@@ -809,7 +810,13 @@ def test_a_broken_export_behind_latest_is_refused(
     assert_serves_normally(reload_server, split)
 
 
-# --- 8. start-up failures -------------------------------------------------------------------------------
+# --- 8. start-up failures, and waiting for the first export --------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _startup_case(case: str, export: Path, tmp_path: Path) -> tuple[list[str], str]:
@@ -834,12 +841,9 @@ def _startup_case(case: str, export: Path, tmp_path: Path) -> tuple[list[str], s
 )
 def test_start_up_failure_is_one_line_and_exit_2(case: str, export: Path, tmp_path: Path) -> None:
     args, message = _startup_case(case, export, tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     completed = subprocess.run(
-        [*SERVE, *args, "--host", "127.0.0.1", "--port", port],
+        [*SERVE, *args, "--host", "127.0.0.1", "--port", str(free_port())],
         capture_output=True,
         text=True,
         timeout=120,
@@ -849,6 +853,132 @@ def test_start_up_failure_is_one_line_and_exit_2(case: str, export: Path, tmp_pa
     assert completed.returncode == 2, completed.stderr
     assert completed.stderr.count("\n") == 1 and completed.stderr.startswith("serve: error: ")
     assert message in completed.stderr
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Starts `serve --host 127.0.0.1 <args>` and returns it once /healthz answers: unlike `start_server`,
+    it does not wait for /readyz, which a server waiting for its first model does not pass."""
+    started: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        env = env or {}
+        port = env.get("SERVE_PORT") or str(free_port())
+        port_flag = [] if "SERVE_PORT" in env else ["--port", port]
+        log_path = tmp_path / f"server-{len(started)}.log"
+        with log_path.open("wb") as log:
+            command = [*SERVE, *args, "--host", "127.0.0.1", *port_flag]
+            process = subprocess.Popen(
+                command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+            )
+        server = Server(process, f"http://127.0.0.1:{port}", log_path)
+        started.append(server)
+
+        def alive() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"serve exited with {process.returncode}:\n{server.log()}")
+            try:
+                return httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(alive, "/healthz", 120)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _status(server: Server, path: str) -> int:
+    with server.client() as client:
+        return client.get(path).status_code
+
+
+def _assert_waiting(server: Server, retry_after: str) -> None:
+    """Alive but not ready: every endpoint that needs the model is a 503 JSON error with Retry-After."""
+    image = {"b64": b64(DIGIT)}
+    with server.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/").status_code == 200  # the page itself, which then says no model is loaded yet
+        answers = {
+            "/readyz": client.get("/readyz"),
+            "/predict": upload(client, DIGIT),
+            ":predict": client.post(TF_PREDICT, json={"instances": [image]}),
+            ":classify": client.post(f"/v1/models/{MODEL}:classify", json={"examples": [image]}),
+            "status": client.get(f"/v1/models/{MODEL}"),
+            "metadata": client.get(f"/v1/models/{MODEL}/metadata"),
+            "/labels": client.get("/labels"),
+            "/model": client.get("/model"),
+            "plot": client.get("/model/plots/confusion_matrix.png"),
+        }
+    for name, response in answers.items():
+        assert (name, response.status_code, response.headers.get("retry-after")) == (name, 503, retry_after)
+        assert response.headers["content-type"].startswith("application/json"), name
+        body = response.json()
+        assert set(body) == {"error"} and "no model loaded yet" in body["error"], name
+    assert server.process.poll() is None
+
+
+def _wait_until_serving(server: Server, split: Split) -> None:
+    """/readyz turns 200 within a bounded wait, and /predict then gives the right label."""
+    wait_for(lambda: _status(server, "/readyz") == 200, "/readyz to turn 200 once an export is in place")
+    assert_serves_normally(server, split)
+    assert _status(server, "/model") == 200
+    assert server.process.poll() is None and server.log().count("Started server process") == 1
+
+
+def test_wait_for_model_serves_once_an_export_appears(
+    live_server: Callable[..., Server], export: Path, split: Split, tmp_path: Path
+) -> None:
+    """A container's serve starts before retrain's first job: up and 503 at first, then it serves."""
+    root = tmp_path / "models"  # nothing there yet, not even the folder
+    latest = root / "latest"
+    server = live_server("--model_dir", str(latest), "--wait_for_model", "--poll_seconds", "0.5")
+    waiting = re.findall(rf"no model at {re.escape(str(latest))} yet \((.*)\); waiting for one", server.log())
+    assert len(waiting) == 1 and "is not a directory" in waiting[0]
+    _assert_waiting(server, retry_after="1")  # the poll interval, rounded up
+
+    Models.copy_of(export, root)  # retrain's export, with `latest` linked to it last
+    _wait_until_serving(server, split)
+    assert f"now serving {(root / 'v1').resolve()}" in server.log()
+
+
+def test_wait_for_model_outlasts_broken_exports(
+    live_server: Callable[..., Server], export: Path, split: Split, tmp_path: Path
+) -> None:
+    """Broken at start, broken again after a change and on SIGHUP: logged, not ready, still up; then a good one."""
+    models = Models.copy_of(export, tmp_path / "models")
+    models.point_latest_at(models.add("truncated", _truncate_tflite))
+    latest = models.root / "latest"
+    server = live_server("--model_dir", str(latest), "--wait_for_model", "--poll_seconds", "0.5")
+    start = rf"no model at {re.escape(str(latest))} yet \(.*model\.tflite cannot be run.*\); waiting for one"
+    assert len(re.findall(start, server.log())) == 1
+    _assert_waiting(server, retry_after="1")
+
+    def refusals() -> list[str]:
+        return [line for line in server.log().splitlines() if f"still no model at {latest}, waiting: " in line]
+
+    models.point_latest_at(models.add("no-model-json", _remove_model_json))
+    wait_for(lambda: len(refusals()) == 1, "the broken export's refusal in the log")
+    server.process.send_signal(signal.SIGHUP)  # tries the same broken export once more
+    wait_for(lambda: len(refusals()) == 2, "the refusal after SIGHUP")
+    assert all(line.endswith("is not a retrain export: no model.json") for line in refusals())
+    _assert_waiting(server, retry_after="1")
+
+    models.point_latest_at(models.original)
+    _wait_until_serving(server, split)
+    assert len(refusals()) == 2  # a broken export is tried once per change (or SIGHUP), not on every poll
+
+
+def test_env_vars_set_the_port_and_wait_for_model(live_server: Callable[..., Server], tmp_path: Path) -> None:
+    """SERVE_PORT and SERVE_WAIT_FOR_MODEL, as a container's environment (and HEALTHCHECK) sets them."""
+    port = str(free_port())
+    server = live_server("--model_dir", str(tmp_path / "latest"), env={"SERVE_PORT": port, "SERVE_WAIT_FOR_MODEL": "1"})
+    assert server.url.endswith(f":{port}")
+    _assert_waiting(server, retry_after="2")  # the default --poll_seconds 2
+    help_text = subprocess.run([*SERVE, "--help"], capture_output=True, text=True, cwd=REPO, timeout=60).stdout
+    assert "SERVE_PORT" in help_text and "SERVE_WAIT_FOR_MODEL" in help_text
 
 
 # --- 9. the predict command -----------------------------------------------------------------------------

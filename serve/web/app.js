@@ -12,6 +12,7 @@ let pending = 0;
 let modelSeen = "";
 let modelAsked = 0;
 let modelShown = 0;
+let modelRetry = 0; // timer: look again while the server has no model yet
 
 function element(tag, attributes = {}, text = "") {
   const node = document.createElement(tag);
@@ -31,6 +32,7 @@ async function refreshModel() {
   let model;
   try {
     const response = await fetch("/model", { cache: "no-store" });
+    if (response.status === 503 && !modelSeen) return waitForModel(response);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     model = await response.json();
   } catch (error) {
@@ -43,6 +45,13 @@ async function refreshModel() {
   const changed = modelSeen !== "";
   modelSeen = key;
   showModel(model, changed);
+}
+
+// serve --wait_for_model started before the first export: say so, and look again when told to.
+function waitForModel(response) {
+  $("model-status").textContent = "No model is loaded yet: the server is waiting for one to be trained.";
+  clearTimeout(modelRetry);
+  modelRetry = setTimeout(refreshModel, 1000 * (Number(response.headers.get("Retry-After")) || 5));
 }
 
 function showModel(model, changed) {
@@ -150,6 +159,7 @@ async function ask(file, item) {
 // Plain words first; the server's own reason second, where it helps.
 function explain(status, detail) {
   if (status === 415) return ["Not an image this server can read.", detail];
+  if (status === 503) return ["No model is loaded yet. Try again once one has been trained.", detail];
   if (status === 413) return ["Too large for this server. Try a smaller image.", detail];
   if (status === 400) return [detail ? `The server could not use this image: ${detail}.` : "The server could not use this image.", ""];
   if (status >= 500) return [`The server failed on this image (HTTP ${status}). Try again later.`, detail];
