@@ -1,0 +1,376 @@
+"""The images, built from the Dockerfile by a real engine and run the way the README runs them.
+
+    docker build --target retrain -t retrain .      docker build --target serve -t serve .
+    docker run -v $PWD/image_dirs:/data:ro -v $PWD/models:/models retrain --image_dir /data/digits
+    docker run -p 8501:8501 -v $PWD/models:/models:ro serve
+
+Both containers run as the images' user, uid 1000, on host folders mounted as volumes; serve is
+reached through a published port on 127.0.0.1. tests/oci.py finds or installs the engine and
+makes the base image where Docker Hub is out of reach.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from retrain.images import discover
+from serve.preprocess import preprocess
+from serve.runtime import load_model
+
+from .conftest import DIGITS, REPO, copy_digits
+from .oci import Engine, compose_command, find_engine, python_image, wait_until
+
+IMAGES = ("retrain", "serve")  # the README's tags
+USER = 1000  # the images' user; the volumes it writes must be its own
+TIMEOUT = 60
+
+
+@dataclass
+class Volumes:
+    """Host folders for one deployment: image folders (mounted read-only), models, bottleneck cache."""
+
+    data: Path
+    models: Path
+    cache: Path
+
+    @classmethod
+    def make(cls, root: Path, data: Path) -> Volumes:
+        volumes = cls(data, root / "models", root / "cache")
+        for folder in (volumes.models, volumes.cache):
+            folder.mkdir(parents=True)
+            _give_to_image_user(folder)
+        return volumes
+
+    def mounts(self) -> list[str]:
+        return [
+            "--volume",
+            f"{self.data}:/data:ro",
+            "--volume",
+            f"{self.models}:/models",
+            "--volume",
+            f"{self.cache}:/cache",
+        ]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return find_engine(tmp_path_factory.mktemp("engine"))
+
+
+@pytest.fixture(scope="module")
+def images(engine: Engine) -> dict[str, float]:
+    """Builds both targets (serve first: it is quick) and returns each build's seconds."""
+    base = python_image(engine)
+    return {target: engine.build(target, target, base) for target in ("serve", "retrain")}
+
+
+def retrain(engine: Engine, volumes: Volumes, *flags: str) -> subprocess.CompletedProcess:
+    """`docker run --rm <volumes> retrain <flags>`."""
+    return engine("run", "--rm", *volumes.mounts(), "retrain", *flags, check=False, timeout=900)
+
+
+@contextmanager
+def serve_container(engine: Engine, models: Path) -> Iterator[Container]:
+    """`docker run -d -p 127.0.0.1:<port>:8501 -v <models>:/models:ro serve`, removed afterwards."""
+    name = f"retrain-test-serve-{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    engine(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--publish",
+        f"127.0.0.1:{port}:8501",
+        "--volume",
+        f"{models}:/models:ro",
+        "serve",
+    )
+    container = Container(engine, name, f"http://127.0.0.1:{port}")
+    try:
+        wait_until(container.answers, f"the serve container to answer /healthz\n{container.logs()}")
+        yield container
+    finally:
+        engine.remove(name)
+
+
+@dataclass
+class Container:
+    engine: Engine
+    name: str
+    url: str
+
+    def answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def ready(self) -> bool:
+        return httpx.get(f"{self.url}/readyz", timeout=TIMEOUT).status_code == 200
+
+    def logs(self) -> str:
+        result = self.engine("logs", self.name, check=False)
+        return result.stdout + result.stderr
+
+    def healthcheck(self) -> int:
+        """The image's own HEALTHCHECK command, run now in the container (podman's timers need systemd)."""
+        if self.engine.kind == "podman":
+            return self.engine("healthcheck", "run", self.name, check=False).returncode
+        test = self.engine.healthcheck("serve")
+        return self.engine("exec", self.name, *test[1:], check=False).returncode
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+def test_images_build_with_a_healthcheck_and_the_user(engine: Engine, images: dict[str, float]) -> None:
+    for target in IMAGES:
+        config = engine.inspect(target)["Config"]
+        assert config["User"] == f"{USER}:{USER}" and config["Entrypoint"] == [target]
+    assert engine.healthcheck("serve") == ["CMD", "python", "-m", "serve.healthcheck"]
+
+
+def test_serve_image_is_small_and_holds_no_tensorflow_or_pip(engine: Engine, images) -> None:
+    probe = "import importlib.util as u; print([m for m in ('tensorflow', 'keras', 'torch', 'pip') if u.find_spec(m)])"
+    result = engine("run", "--rm", "--entrypoint", "python", "serve", "-c", probe)
+    assert result.stdout.strip() == "[]"
+    venv = engine("run", "--rm", "--entrypoint", "du", "serve", "-s", "--block-size=1", "/opt/venv").stdout
+    assert int(venv.split()[0]) < 150 * 2**20, f"serve's environment grew to {int(venv.split()[0]) / 2**20:.0f} MB"
+
+
+def test_retrain_in_the_serve_image_says_what_it_lacks(engine: Engine, images) -> None:
+    result = engine("run", "--rm", "--entrypoint", "retrain", "serve", "--image_dir", "/data", check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no module named 'tensorflow'" in lines[0] and "retrain[train]" in lines[0]
+
+
+def test_retrain_image_prints_help_and_imports_every_backbone(engine: Engine, images) -> None:
+    """TF Hub and the Keras applications load only on request; a missing dependency of theirs
+    (tensorflow-hub needs setuptools' pkg_resources) would otherwise surface only for users."""
+    assert "--image_dir" in engine("run", "--rm", "retrain").stdout
+    modules = "import tensorflow_hub, retrain.backbones.tfhub, retrain.backbones.keras_apps"
+    engine("run", "--rm", "--entrypoint", "python", "retrain", "-c", modules)
+
+
+# --- retrain, then serve what it wrote ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployment(images, tmp_path_factory: pytest.TempPathFactory) -> Volumes:
+    return Volumes.make(tmp_path_factory.mktemp("deployment"), REPO / "image_dirs")
+
+
+@pytest.fixture(scope="module")
+def digits_job(engine: Engine, deployment: Volumes) -> subprocess.CompletedProcess:
+    """The README's job: all bundled digits, default flags, the image folders read-only."""
+    before = _listing(DIGITS)
+    result = retrain(engine, deployment, "--image_dir", "/data/digits")
+    assert _listing(DIGITS) == before, "retrain changed the image folders"
+    return result
+
+
+def test_retrain_exports_into_the_models_volume_as_the_image_user(digits_job, deployment: Volumes) -> None:
+    assert digits_job.returncode == 0, digits_job.stderr[-3000:]
+    accuracy = float(re.search(r"Final test accuracy = ([\d.]+)%", digits_job.stdout)[1])
+    assert accuracy >= 85.0
+    latest = deployment.models / "latest"
+    assert latest.is_symlink() and not os.readlink(latest).startswith("/"), "latest must work outside the container"
+    assert {"model.json", "model.tflite", "labels.txt"} <= {p.name for p in latest.iterdir()}
+    written = [*deployment.models.rglob("*"), *deployment.cache.rglob("*")]
+    assert any(p.suffix == ".npy" for p in written), "no bottleneck reached the cache volume"
+    for path in written:
+        info = path.lstat()
+        assert info.st_uid == USER or os.geteuid() != 0, f"{path} is owned by uid {info.st_uid}"
+        assert stat.S_ISLNK(info.st_mode) or info.st_mode & stat.S_IROTH, f"{path} is private to its owner"
+
+
+@pytest.fixture(scope="module")
+def serving(engine: Engine, deployment: Volumes, digits_job) -> Iterator[Container]:
+    with serve_container(engine, deployment.models) as container:
+        wait_until(container.ready, f"the model to load\n{container.logs()}")
+        yield container
+
+
+def test_serve_answers_every_test_digit_as_the_exported_model_does(serving: Container, deployment: Volumes) -> None:
+    model = load_model(deployment.models / "latest")
+    image_set = discover(DIGITS)
+    paths = [example.path for example in image_set.splits["testing"]]
+    truth = [image_set.labels[example.label_index] for example in image_set.splits["testing"]]
+    expected = [model.labels[int(np.argmax(model.runners[0].scores(_pixels(model, p)[None])[0]))] for p in paths]
+    with httpx.Client(base_url=serving.url, timeout=TIMEOUT) as client:
+        uploaded = [client.post("/predict", files={"file": p.read_bytes()}).json() for p in paths]
+        assert [answer["predictions"][0]["label"] for answer in uploaded] == expected
+        batches = [paths[i : i + 32] for i in range(0, len(paths), 32)]
+        rest = [
+            prediction
+            for batch in batches
+            for prediction in client.post(
+                "/v1/models/retrained:predict",
+                json={"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in batch]},
+            ).json()["predictions"]
+        ]
+    assert [row["classes"][int(np.argmax(row["scores"]))] for row in rest] == expected
+    assert np.mean(np.array(expected) == np.array(truth)) >= 0.85
+
+
+def test_serve_container_passes_its_own_healthcheck(serving: Container) -> None:
+    assert serving.healthcheck() == 0, serving.logs()
+
+
+def test_a_retrain_on_other_folders_is_served_without_a_restart(
+    engine: Engine, serving: Container, deployment: Volumes, tmp_path: Path
+) -> None:
+    """`docker compose run --rm retrain --image_dir /data/other` while `serve` runs."""
+    started = engine.inspect(serving.name)["State"]["StartedAt"]
+    other = Volumes(copy_digits(tmp_path / "other", ["2", "5"], per_class=20), deployment.models, deployment.cache)
+    result = retrain(engine, other, "--image_dir", "/data", "--how_many_training_steps", "200")
+    assert result.returncode == 0, result.stderr[-3000:]
+    labels = lambda: httpx.get(f"{serving.url}/labels", timeout=TIMEOUT).json()["labels"]  # noqa: E731
+    wait_until(lambda: labels() == ["2", "5"], f"serve to load the new labels\n{serving.logs()}")
+    answer = httpx.post(f"{serving.url}/predict", files={"file": _unseen_digit("5")}, timeout=TIMEOUT)
+    assert answer.json()["predictions"][0]["label"] == "5"
+    assert engine.inspect(serving.name)["State"]["StartedAt"] == started
+
+
+# --- what goes wrong ------------------------------------------------------------------------------
+
+
+def test_a_models_volume_the_image_user_cannot_write_is_one_clear_error(engine: Engine, images, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a folder the container's user cannot write")
+    volumes = Volumes(copy_digits(tmp_path / "data", ["0", "1"], per_class=5), tmp_path / "models", tmp_path / "cache")
+    volumes.models.mkdir()  # root's, mode 0755: uid 1000 cannot write it
+    volumes.cache.mkdir()
+    _give_to_image_user(volumes.cache)
+    result = retrain(engine, volumes, "--image_dir", "/data")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("retrain: error: ") and "/models" in lines[0], result.stderr
+    assert not any(volumes.models.iterdir())
+
+
+def test_serve_without_a_model_waits_until_retrain_writes_one(engine: Engine, images, tmp_path: Path) -> None:
+    volumes = Volumes.make(tmp_path, copy_digits(tmp_path / "data", ["0", "1"], per_class=15))
+    with serve_container(engine, volumes.models) as container:
+        assert httpx.get(f"{container.url}/readyz", timeout=TIMEOUT).status_code == 503
+        assert (
+            httpx.post(f"{container.url}/predict", files={"file": _unseen_digit("1")}, timeout=TIMEOUT).status_code
+            == 503
+        )
+        assert container.healthcheck() != 0
+        result = retrain(engine, volumes, "--image_dir", "/data", "--how_many_training_steps", "100")
+        assert result.returncode == 0, result.stderr[-3000:]
+        wait_until(container.ready, f"serve to load the first model\n{container.logs()}")
+        assert container.healthcheck() == 0
+        answer = httpx.post(f"{container.url}/predict", files={"file": _unseen_digit("1")}, timeout=TIMEOUT)
+        assert answer.json()["predictions"][0]["label"] == "1"
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _give_to_image_user(folder: Path) -> None:
+    """As the README says: the folder a container writes must be writable by uid 1000."""
+    if os.geteuid() == 0:
+        os.chown(folder, USER, USER)
+    else:  # a rootless engine maps uid 1000 elsewhere
+        folder.chmod(0o777)
+
+
+def _pixels(model, path: Path) -> np.ndarray:
+    return preprocess(path.read_bytes(), model.info.input_spec)
+
+
+def _unseen_digit(label: str) -> bytes:
+    """A digit outside the first 20 of its class, which the small jobs train on."""
+    return sorted((DIGITS / label).glob("*.png"))[-1].read_bytes()
+
+
+def _listing(folder: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- docker-compose.yml, for real ------------------------------------------------------------------
+
+
+@dataclass
+class ComposeProject:
+    """A copy of docker-compose.yml in a folder of its own, with its ./image_dirs and ./models."""
+
+    engine: Engine
+    folder: Path
+    name: str
+    port: int
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess:
+        command = [*compose_command(self.engine), "--project-name", self.name, *args]
+        env = {**self.engine.env, "SERVE_PUBLISHED_PORT": str(self.port)}
+        result = subprocess.run(command, cwd=self.folder, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result
+
+    def container(self, service: str) -> Container:
+        labels = [f"label=com.docker.compose.project={self.name}", f"label=com.docker.compose.service={service}"]
+        names = self.engine("ps", "--all", "--filter", labels[0], "--filter", labels[1], "--format", "{{.Names}}")
+        return Container(self.engine, names.stdout.split()[0], f"http://127.0.0.1:{self.port}")
+
+
+@pytest.fixture
+def compose_project(engine: Engine, images, tmp_path: Path) -> Iterator[ComposeProject]:
+    shutil.copy(REPO / "docker-compose.yml", tmp_path)
+    copy_digits(tmp_path / "image_dirs" / "digits", ["0", "1", "7"], per_class=20)
+    (tmp_path / "models").mkdir()
+    _give_to_image_user(tmp_path / "models")
+    project = ComposeProject(engine, tmp_path, f"retrain-test-{uuid.uuid4().hex[:8]}", _free_port())
+    try:
+        yield project
+    finally:
+        project("down", "--volumes")
+
+
+def test_compose_serves_before_and_after_the_first_job_and_restarts_serve(compose_project: ComposeProject) -> None:
+    """The README's compose story: `up -d serve`, then `run --rm retrain`, with serve's healthcheck and
+    its restart policy observed."""
+    compose_project("up", "--detach", "--no-build", "serve")
+    serve = compose_project.container("serve")
+    wait_until(serve.answers, f"the compose serve to answer\n{serve.logs()}")
+    assert httpx.get(f"{serve.url}/readyz", timeout=TIMEOUT).status_code == 503
+    assert serve.healthcheck() != 0
+    compose_project("--profile", "job", "run", "--rm", "retrain", "--image_dir", "/data/digits",
+                    "--how_many_training_steps", "100")  # fmt: skip
+    wait_until(serve.ready, f"serve to load the job's model\n{serve.logs()}")
+    assert serve.healthcheck() == 0
+    answer = httpx.post(f"{serve.url}/predict", files={"file": _unseen_digit("7")}, timeout=TIMEOUT)
+    assert answer.json()["predictions"][0]["label"] == "7"
+    assert (compose_project.folder / "models" / "latest" / "model.json").is_file()
+
+    state = lambda: serve.engine.inspect(serve.name)  # noqa: E731
+    assert state()["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    if serve.engine.kind == "podman":
+        assert state()["State"]["Health"]["Status"] == "healthy"
+    # serve exits cleanly on SIGTERM; `unless-stopped` must bring it back, model and all.
+    serve.engine("exec", serve.name, "python", "-c", "import os, signal; os.kill(1, signal.SIGTERM)")
+    wait_until(lambda: state()["RestartCount"] >= 1 and state()["State"]["Running"], "the restart policy")
+    wait_until(lambda: serve.answers() and serve.ready(), f"serve to come back\n{serve.logs()}")
