@@ -204,17 +204,17 @@ def relabel(export: Path) -> None:
 # --- programs from Debian packages ----------------------------------------------------------------
 
 
-def debian_tool(program: str, package: str) -> str:
-    """The path of `program`, installing Debian's `package` with apt-get when it is missing (CI runs
-    as root on a fresh machine). Skips, naming the package, where that install cannot run; a failed
-    install fails the test under CI."""
+def debian_tool(program: str, package: str, *companions: str) -> str:
+    """The path of `program`, installing Debian's `package` (and `companions`) with apt-get when it is
+    missing (CI runs as root on a fresh machine). Skips, naming the package, where that install
+    cannot run; a failed install fails the test under CI."""
     found = shutil.which(program)
     if found:
         return found
     if not shutil.which("apt-get") or os.geteuid() != 0:
         pytest.skip(f"{program} is missing and cannot be installed here: needs `apt-get install {package}` as root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package, *companions]
     result = subprocess.run(install, capture_output=True, text=True, env=env)
     if result.returncode != 0:  # a fresh machine may have no package lists yet
         subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)

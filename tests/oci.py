@@ -37,6 +37,8 @@ DOCKERFILE = REPO / "Dockerfile"
 BOOTSTRAPPED_PYTHON_IMAGE = "localhost/retrain-test-python:3.11-bookworm"
 # What Debian needs for the Dockerfile's base stage: a `python` with venv, pip's certificates, useradd.
 BOOTSTRAP_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates,passwd"
+# Debian's podman with runc (its default, crun, is refused here) and the network stack that publishes ports.
+PODMAN_PACKAGES = ("podman", "runc", "netavark", "aardvark-dns", "iptables", "catatonit")
 PODMAN_CONF = """\
 [containers]
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
@@ -114,7 +116,7 @@ def find_engine(tmp_dir: Path) -> Engine:
         if program and kind == "podman":
             return _podman(program, tmp_dir)
     if "podman" in kinds:
-        return _podman(debian_tool("podman", "podman"), tmp_dir)
+        return _podman(debian_tool("podman", *PODMAN_PACKAGES), tmp_dir)
     _unavailable(f"no usable {wanted} here")
 
 
