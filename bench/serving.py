@@ -1,6 +1,6 @@
 """Serving latency and throughput against the bare LiteRT forward pass.
 
-Run: `.venv/bin/python bench/serve.py [--model_dir DIR]`. Without --model_dir it first trains a
+Run: `.venv/bin/python bench/serving.py [--model_dir DIR]`. Without --model_dir it first trains a
 small model on the bundled digits (200 steps; bottlenecks come from ~/.cache/retrain). Then, on the
 same model and the same interpreter settings the server uses, it measures:
 
@@ -43,9 +43,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_DIR = REPO / "image_dirs" / "digits"
 RESULTS_DIR = REPO / "bench" / "results"
-
-# This script is itself named serve.py: make `import serve` mean the package, not this file.
-sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
 
 MODEL_NAME = "retrained"  # the server's default --model_name
 CLIENTS = (1, 4, 16)
