@@ -5,6 +5,9 @@ releases the GIL) a few batches ahead of the forward pass, so the backbone rarel
 pixels; each vector is written to the cache as soon as its batch is done, so a killed run loses at
 most one batch of work. Augmented copies of training images (`retrain.augment`) go through the
 same steps, each copy under its own cache key; an image is decoded once for all its missing copies.
+
+Files with identical bytes have identical keys: the first is computed, the others take its vectors,
+so they are equal by construction, whatever batches the forward pass happened to see.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class ExtractionStats:
 
     cached: int = 0
     computed: int = 0
+    duplicates: int = 0  # vectors of files identical to another in this run, copied from its vectors
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
 
 
@@ -73,11 +77,12 @@ class _Versions:
 
 @dataclass(frozen=True)
 class _Job:
-    """An image with versions missing from the cache."""
+    """An image with versions missing from the cache, and the later files with the same bytes."""
 
     index: int
     path: Path
     versions: tuple[int, ...]
+    twins: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ def compute_bottlenecks(
     stats = ExtractionStats()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bottleneck") as pool:
         misses = _from_cache(pool, paths, cache, versions, vectors, done, stats)
+        failures: dict[int, str] = {}
         if misses:
             forward = _forward_function(backbone)
             decode = partial(_decode, spec=backbone.input_spec, cache=cache, versions=versions)
@@ -131,6 +137,7 @@ def compute_bottlenecks(
                     failed = [item for item in batch if isinstance(item, _Failed)]
                     for item in failed:
                         _skip(stats, paths[item.index], item.reason)
+                        failures[item.index] = item.reason
                     if decoded:
                         features = forward(np.stack([item.pixels for item in decoded]))
                         for item, vector in zip(decoded, features, strict=True):
@@ -138,6 +145,7 @@ def compute_bottlenecks(
                             vectors[item.row], done[item.row] = vector, True
                         stats.computed += len(decoded)
                     bar.update(len(decoded) + sum(item.versions for item in failed))
+            _copy_to_twins(misses, paths, versions, vectors, done, failures, stats)
     ok = done.reshape(len(paths), versions.per_image).all(axis=1)
     vectors = vectors.reshape(len(paths), versions.per_image, backbone.feature_dim)
     vectors[~ok] = 0  # an image with some copies cached but now undecodable has no vectors at all
@@ -164,10 +172,11 @@ def _from_cache(
     done: np.ndarray,
     stats: ExtractionStats,
 ) -> list[_Job]:
-    """Fills `vectors` rows from the cache; returns the images with versions still to compute."""
-    misses: list[_Job] = []
+    """Fills `vectors` rows from the cache; returns the images with versions still to compute, one
+    job per distinct content (a file identical to an earlier miss becomes that job's twin)."""
+    misses: dict[str, _Job] = {}  # by content digest
     lookups = pool.map(lambda path: _lookup(path, cache, versions), paths)
-    for index, (found, error) in enumerate(progress_bar(lookups, total=len(paths), desc="Checking cache")):
+    for index, (digest, found, error) in enumerate(progress_bar(lookups, total=len(paths), desc="Checking cache")):
         if error is not None:
             _skip(stats, paths[index], error)
             continue
@@ -179,18 +188,44 @@ def _from_cache(
                 row = index * versions.per_image + version
                 vectors[row], done[row] = vector, True
                 stats.cached += 1
-        if missing:
-            misses.append(_Job(index, paths[index], tuple(missing)))
-    return misses
+        if not missing:
+            continue
+        if digest in misses:  # same bytes, same keys, same misses
+            misses[digest].twins.append(index)
+        else:
+            misses[digest] = _Job(index, paths[index], tuple(missing))
+    return list(misses.values())
 
 
-def _lookup(path: Path, cache: BottleneckCache, versions: _Versions) -> tuple[list[np.ndarray | None], str | None]:
-    """(cached vector or None for each version, read error or None) for one file."""
+def _copy_to_twins(
+    jobs: list[_Job],
+    paths: Sequence[Path],
+    versions: _Versions,
+    vectors: np.ndarray,
+    done: np.ndarray,
+    failures: dict[int, str],
+    stats: ExtractionStats,
+) -> None:
+    """Gives each twin its first file's computed vectors, or its first file's reason to be skipped."""
+    for job in jobs:
+        for twin in job.twins:
+            if job.index in failures:
+                _skip(stats, paths[twin], failures[job.index])
+                continue
+            for version in job.versions:
+                source, target = job.index * versions.per_image + version, twin * versions.per_image + version
+                vectors[target], done[target] = vectors[source], done[source]
+                stats.duplicates += 1
+
+
+def _lookup(path: Path, cache: BottleneckCache, versions: _Versions) -> tuple[str, list[np.ndarray | None], str | None]:
+    """(content digest, cached vector or None for each version, read error or None) for one file."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        return [], f"cannot read file: {e.strerror or e}"
-    return [cache.get(key) for key in versions.keys(cache, image_digest(data))], None
+        return "", [], f"cannot read file: {e.strerror or e}"
+    digest = image_digest(data)
+    return digest, [cache.get(key) for key in versions.keys(cache, digest)], None
 
 
 def _decode(job: _Job, spec: InputSpec, cache: BottleneckCache, versions: _Versions) -> list[_Decoded] | _Failed:

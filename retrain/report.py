@@ -49,8 +49,9 @@ def backbone_summary(backbone: Backbone) -> None:
 
 def extraction_summary(stats: ExtractionStats, seconds: float, cache_dir: Path) -> None:
     rate = f" ({stats.computed / seconds:.1f} images/s)" if stats.computed and seconds > 0 else ""
+    twins = f", {stats.duplicates} of identical files" if stats.duplicates else ""
     _say(
-        f"Bottlenecks: {stats.cached} from cache, {stats.computed} computed{rate}, "
+        f"Bottlenecks: {stats.cached} from cache, {stats.computed} computed{rate}{twins}, "
         f"{len(stats.skipped)} skipped, in {seconds:.1f}s; cache {cache_dir}"
     )
 

@@ -273,8 +273,30 @@ def test_an_undecodable_file_is_skipped_with_its_reason(backbone, images: list[P
     assert all(reason.startswith("not a decodable image") for _, reason in stats.skipped)
     assert str(truncated) in caplog.text and str(text) in caplog.text
     assert not vectors[~ok].any() and np.abs(vectors[ok]).sum(axis=-1).all()
-    assert stats.computed + stats.cached == 10
-    np.testing.assert_array_equal(vectors[-1], vectors[2])  # a renamed copy has the same variants
+    assert (stats.cached, stats.computed, stats.duplicates) == (0, 8, 2)  # the renamed copy is computed once
+    np.testing.assert_array_equal(vectors[-1], vectors[2])  # identical by construction
+
+
+def test_identical_files_are_computed_once_and_share_their_fate(backbone, images: list[Path], tmp_path: Path) -> None:
+    """Plain extraction: a renamed copy takes the first file's vector (equal by construction, not by
+    batch luck), and a copy of an undecodable file is skipped with the same reason."""
+    from retrain.extract import compute_bottlenecks
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpeg_bytes(320, 240, seed=3)[:200])
+    copies = [tmp_path / "copy_a.png", tmp_path / "copy_b.png", tmp_path / "broken_again.jpg"]
+    shutil.copy(images[0], copies[0])
+    shutil.copy(images[0], copies[1])
+    shutil.copy(broken, copies[2])
+    paths = [images[0], *images[1:5], broken, *copies]
+    cache = BottleneckCache(tmp_path / "cache", backbone.cache_id, backbone.feature_dim)
+    vectors, ok, stats = compute_bottlenecks(paths, backbone, cache, batch_size=2)
+    assert (stats.cached, stats.computed, stats.duplicates) == (0, 5, 2)
+    assert ok.tolist() == [True] * 5 + [False, True, True, False]
+    assert [path for path, _ in stats.skipped] == [broken, copies[2]]
+    assert stats.skipped[0][1] == stats.skipped[1][1]
+    np.testing.assert_array_equal(vectors[6], vectors[0])
+    np.testing.assert_array_equal(vectors[7], vectors[0])
 
 
 def test_copies_need_a_distortion(backbone, images: list[Path], tmp_path: Path) -> None:
