@@ -39,9 +39,11 @@ COPY serve ./serve
 RUN pip install --no-cache-dir --constraint constraints.txt --no-deps . \
     && pip check
 ENV RETRAIN_WEIGHTS_DIR=/opt/retrain/weights \
+    RETRAIN_FEATURE_MODELS_DIR=/opt/retrain/feature_models \
     RETRAIN_CACHE_DIR=/cache \
     RETRAIN_MODELS_DIR=/models
-# Converted once here, as root, into files every user can read: the image trains offline.
+# Weights and the TFLite feature model converted once here, as root, into files every user can
+# read: the image trains offline and its first run converts nothing.
 RUN python -m retrain.prefetch
 USER 1000:1000
 WORKDIR /home/retrain

@@ -1,15 +1,19 @@
-"""Bottleneck extraction throughput against two baselines: the bare forward pass and a per-image loop.
+"""Bottleneck extraction throughput against the physical limit: the backbone's bare forward pass.
 
 Run: `.venv/bin/python bench/bottlenecks.py` (or `make bench`). For the bundled digits and for
-photo-sized JPEGs generated on the fly it measures, on the same images:
+photo-sized JPEGs generated on the fly it measures, on the same images and for each runtime
+(LiteRT, the default on a CPU; TensorFlow):
 
-  forward     the backbone alone on pre-decoded batches (the ceiling extraction can reach);
-  end-to-end  `retrain.extract.compute_bottlenecks` into a cold cache (decode -> forward -> write);
-  per-image   retrain.py's shape: read, preprocess, forward a batch of one, `cache.put`, no threads;
+  forward     the runtime alone on preprocessed images held in memory (the ceiling extraction can
+              reach with that runtime and these threads);
+  end-to-end  `retrain.extract.compute_bottlenecks` into a cold cache (read, decode, forward, write);
+  per-image   retrain.py's shape, on TensorFlow: read, preprocess, forward a batch of one,
+              `cache.put`, no threads;
 
-and checks the targets: end-to-end >= 0.8x forward on digits, >= 0.7x on photos, >= 1.5x the
-per-image loop on both. All three use one traced forward function, warmed up on every batch shape
-they will see, so the rates compare steady states; the one-time trace cost is printed separately.
+and checks the targets: LiteRT end-to-end >= 0.8x LiteRT forward on digits and on photos, and
+LiteRT end-to-end faster than TensorFlow end-to-end. Every runtime is opened and warmed up on every
+batch shape first, so the rates compare steady states; the one-time costs (converting the backbone
+to TFLite, tracing the TensorFlow graph) are printed separately.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from unittest import mock
 
 import click
 import numpy as np
@@ -45,11 +48,12 @@ PHOTO_QUALITY = 90
 
 # (image set, ratio name, minimum): what "extraction is fast enough" means.
 TARGETS = (
-    ("digits", "e2e/forward", 0.8),
-    ("photos", "e2e/forward", 0.7),
-    ("digits", "e2e/per-image", 1.5),
-    ("photos", "e2e/per-image", 1.5),
+    ("digits", "litert e2e/forward", 0.8),
+    ("photos", "litert e2e/forward", 0.8),
+    ("digits", "litert/tf e2e", 1.0),
+    ("photos", "litert/tf e2e", 1.0),
 )
+RUNTIMES = ("litert", "tensorflow")
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -85,21 +89,27 @@ def _cpu_seconds() -> tuple[float, float, float]:
 
 @dataclass
 class SetResult:
-    """Rates (images/s, median over repeats) for one image set; `runs` keeps every repeat's rate."""
+    """Rates (images/s, median over repeats) for one image set; `runs` keeps every repeat's rate.
+    `forward` and `end_to_end` are by runtime name."""
 
     name: str
     images: int
     mean_file_kb: float
     decode_1_thread: float
-    forward: float
-    end_to_end: float
+    forward: dict[str, float]
+    end_to_end: dict[str, float]
     per_image: float
     per_image_images: int
     runs: dict[str, list[float]] = field(default_factory=dict)
     other_load: dict[str, list[float]] = field(default_factory=dict)  # cores used by other processes, per run
 
     def ratios(self) -> dict[str, float]:
-        return {"e2e/forward": self.end_to_end / self.forward, "e2e/per-image": self.end_to_end / self.per_image}
+        return {
+            "litert e2e/forward": self.end_to_end["litert"] / self.forward["litert"],
+            "tf e2e/forward": self.end_to_end["tensorflow"] / self.forward["tensorflow"],
+            "litert/tf e2e": self.end_to_end["litert"] / self.end_to_end["tensorflow"],
+            "litert e2e/per-image": self.end_to_end["litert"] / self.per_image,
+        }
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,30 +130,28 @@ def main(
     import_tensorflow_quietly()
     import tensorflow as tf
 
-    from retrain import extract
     from retrain.backbones import load_backbone
 
     backbone = load_backbone()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(_machine(tf.__version__, backbone.name))
 
-    trace_seconds, forward = _trace(extract._forward_function, backbone, batch_size)
     results = []
     with OtherLoad() as other, tempfile.TemporaryDirectory(prefix="bench-bottlenecks-") as tmp:
+        open_seconds, runtimes = _open_runtimes(backbone, Path(tmp), batch_size)
         photo_dir = Path(tmp) / "photos"
         sets = {"digits": _digit_paths(digits), "photos": _make_photos(photo_dir, photos, seed)}
-        # compute_bottlenecks traces its own tf.function on every call; hand it the warm one instead.
-        with mock.patch.object(extract, "_forward_function", lambda _: forward):
-            for name, paths in sets.items():
-                results.append(_bench_set(name, paths, backbone, forward, batch_size, repeat, per_image, Path(tmp)))
+        for name, paths in sets.items():
+            results.append(_bench_set(name, paths, backbone, runtimes, batch_size, repeat, per_image, Path(tmp)))
 
     elapsed = time.perf_counter() - started
     print()
     _print_table(results)
     print()
     print(
-        f"note: compute_bottlenecks traces a new tf.function on every call; trace + first batch took "
-        f"{trace_seconds:.2f}s here (not in the rates above, which reuse one warm trace)."
+        "note: one-time costs, not in the rates: "
+        + "; ".join(f"opening {name} {seconds:.1f}s" for name, seconds in open_seconds.items())
+        + " (LiteRT's includes converting the backbone to TFLite, cached after the first run)."
     )
     print()
     verdicts = _print_targets(results)
@@ -154,23 +162,28 @@ def main(
         print("warning: the machine was not idle, so the rates and ratios above are not reliable; run again when it is")
     if write_json:
         path = _write_json(
-            results, verdicts, tf.__version__, backbone.name, batch_size, repeat, trace_seconds, elapsed, other.cores
+            results, verdicts, tf.__version__, backbone.name, batch_size, repeat, open_seconds, elapsed, other.cores
         )
         print(f"results written to {path.relative_to(REPO)}")
 
 
-def _trace(make_forward: Callable[[Backbone], Forward], backbone: Backbone, batch_size: int) -> tuple[float, Forward]:
-    """One traced forward function, and what tracing it + its first batch costs (paid per extraction call)."""
+def _open_runtimes(backbone: Backbone, cache_root: Path, batch_size: int) -> tuple[dict[str, float], dict]:
+    """Each runtime opened once (LiteRT converts the backbone into `cache_root`), with what that cost."""
+    from retrain.runtimes import open_runtime
+
     spec = backbone.input_spec
     batch = np.zeros((batch_size, spec.height, spec.width, 3), dtype=np.float32)
-    started = time.perf_counter()
-    forward = make_forward(backbone)
-    forward(batch)
-    return time.perf_counter() - started, forward
+    seconds, runtimes = {}, {}
+    for name in RUNTIMES:
+        started = time.perf_counter()
+        runtimes[name] = open_runtime(backbone, cache_root, name)
+        runtimes[name](batch)
+        seconds[name] = time.perf_counter() - started
+    return seconds, runtimes
 
 
 def _warm_up(forward: Forward, spec: InputSpec, sizes: set[int]) -> None:
-    """oneDNN builds kernels per batch shape on first use; a few calls each keeps that out of the timing."""
+    """oneDNN and XNNPACK set up per batch shape on first use; a few calls each keeps that out of the timing."""
     for size in sorted(sizes):
         batch = np.zeros((size, spec.height, spec.width, 3), dtype=np.float32)
         for _ in range(3):
@@ -181,13 +194,13 @@ def _bench_set(
     name: str,
     paths: list[Path],
     backbone: Backbone,
-    forward: Forward,
+    runtimes: dict[str, Forward],
     batch_size: int,
     repeat: int,
     per_image: int,
     tmp: Path,
 ) -> SetResult:
-    """The three rates for one image set, each a median over `repeat` runs."""
+    """The rates for one image set, each a median over `repeat` runs."""
     from retrain.cache import BottleneckCache, image_digest
     from retrain.extract import compute_bottlenecks
     from serve.preprocess import preprocess
@@ -196,7 +209,8 @@ def _bench_set(
     count = len(paths)
     print(f"\n[{name}] {count} images", flush=True)
     tail = count % batch_size
-    _warm_up(forward, spec, {batch_size, 1} | ({tail} if tail else set()))
+    for forward in runtimes.values():
+        _warm_up(forward, spec, {batch_size, 1} | ({tail} if tail else set()))
 
     pixels = np.empty((count, spec.height, spec.width, 3), dtype=np.float32)  # 1 GB for all digits: no extra copy
     seconds = 0.0
@@ -207,32 +221,36 @@ def _bench_set(
         pixels[index] = image  # first touch of fresh pages costs ~1 ms an image here: not decoding
     decode_rate = count / seconds
     batches = [pixels[i : i + batch_size] for i in range(0, count, batch_size)]
-    reference = np.concatenate([forward(batch) for batch in batches])
+    reference = {key: np.concatenate([forward(batch) for batch in batches]) for key, forward in runtimes.items()}
 
     def new_cache(label: str) -> BottleneckCache:
         root = Path(tempfile.mkdtemp(prefix=f"{name}-{label}-", dir=tmp))
         return BottleneckCache(root, backbone.cache_id, backbone.feature_dim)
 
-    def run_forward() -> float:
+    def run_forward(runtime: str) -> float:
+        forward = runtimes[runtime]
         started = time.perf_counter()
         for batch in batches:
             forward(batch)
         return count / (time.perf_counter() - started)
 
-    def run_end_to_end() -> float:
-        cache = new_cache("e2e")
+    def run_end_to_end(runtime: str) -> float:
+        cache = new_cache(f"e2e-{runtime}")
         started = time.perf_counter()
-        vectors, ok, stats = compute_bottlenecks(paths, backbone, cache, batch_size=batch_size)
+        vectors, ok, stats = compute_bottlenecks(
+            paths, backbone, cache, batch_size=batch_size, runtime=lambda: runtimes[runtime]
+        )
         rate = count / (time.perf_counter() - started)
         if not ok.all() or stats.computed != count or stats.cached:
             raise RuntimeError(f"{name}: extraction computed {stats.computed} of {count} ({stats.cached} cached)")
-        if not np.allclose(vectors, reference, atol=1e-3):
-            raise RuntimeError(f"{name}: extracted vectors differ from the forward pass on pre-decoded pixels")
+        if not np.allclose(vectors, reference[runtime], atol=1e-3):
+            raise RuntimeError(f"{name}: {runtime} extraction differs from its forward pass on pre-decoded pixels")
         return rate
 
     loop_paths = _evenly(paths, per_image)
 
     def run_per_image() -> float:
+        forward = runtimes["tensorflow"]
         cache = new_cache("loop")
         started = time.perf_counter()
         for path in loop_paths:
@@ -241,22 +259,28 @@ def _bench_set(
             cache.put(key, forward(preprocess(data, spec)[np.newaxis])[0])
         return len(loop_paths) / (time.perf_counter() - started)
 
-    runs: dict[str, list[float]] = {"forward": [], "end_to_end": [], "per_image": []}
-    other_load: dict[str, list[float]] = {key: [] for key in runs}
+    measures: dict[str, Callable[[], float]] = {}
+    for runtime in runtimes:
+        measures[f"{runtime} forward"] = lambda runtime=runtime: run_forward(runtime)
+        measures[f"{runtime} end_to_end"] = lambda runtime=runtime: run_end_to_end(runtime)
+    measures["tensorflow per_image"] = run_per_image
+    runs: dict[str, list[float]] = {key: [] for key in measures}
+    other_load: dict[str, list[float]] = {key: [] for key in measures}
     for _ in range(repeat):
-        for key, run in (("forward", run_forward), ("end_to_end", run_end_to_end), ("per_image", run_per_image)):
+        for key, run in measures.items():
             with OtherLoad() as other:
                 runs[key].append(run())
             other_load[key].append(other.cores)
-            print(f"  {key:<11} {runs[key][-1]:7.1f} img/s   (other processes: {other.cores:.2f} cores)", flush=True)
+            print(f"  {key:<22} {runs[key][-1]:7.1f} img/s   (other processes: {other.cores:.2f} cores)", flush=True)
+    median = {key: statistics.median(values) for key, values in runs.items()}
     return SetResult(
         name=name,
         images=count,
         mean_file_kb=statistics.fmean(path.stat().st_size for path in paths) / 1024,
         decode_1_thread=decode_rate,
-        forward=statistics.median(runs["forward"]),
-        end_to_end=statistics.median(runs["end_to_end"]),
-        per_image=statistics.median(runs["per_image"]),
+        forward={runtime: median[f"{runtime} forward"] for runtime in runtimes},
+        end_to_end={runtime: median[f"{runtime} end_to_end"] for runtime in runtimes},
+        per_image=median["tensorflow per_image"],
         per_image_images=len(loop_paths),
         runs=runs,
         other_load=other_load,
@@ -332,20 +356,23 @@ def _cpu_model() -> str:
 
 def _print_table(results: list[SetResult]) -> None:
     header = (
-        f"{'set':<7} {'images':>6} {'KB/img':>7} {'decode 1thr':>11} {'forward':>8} {'end-to-end':>10} "
-        f"{'per-image':>9} {'e2e/fwd':>7} {'e2e/loop':>8}"
+        f"{'set':<7} {'images':>6} {'KB/img':>7} {'decode 1thr':>11} {'LiteRT fwd':>10} {'LiteRT e2e':>10} "
+        f"{'TF fwd':>7} {'TF e2e':>7} {'TF 1-by-1':>9} {'LiteRT e2e/fwd':>14} {'LiteRT/TF e2e':>13}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         ratios = r.ratios()
         print(
-            f"{r.name:<7} {r.images:>6} {r.mean_file_kb:>7.1f} {r.decode_1_thread:>11.0f} {r.forward:>8.1f} "
-            f"{r.end_to_end:>10.1f} {r.per_image:>9.1f} {ratios['e2e/forward']:>7.2f} {ratios['e2e/per-image']:>8.2f}"
+            f"{r.name:<7} {r.images:>6} {r.mean_file_kb:>7.1f} {r.decode_1_thread:>11.0f} "
+            f"{r.forward['litert']:>10.1f} {r.end_to_end['litert']:>10.1f} {r.forward['tensorflow']:>7.1f} "
+            f"{r.end_to_end['tensorflow']:>7.1f} {r.per_image:>9.1f} {ratios['litert e2e/forward']:>14.2f} "
+            f"{ratios['litert/tf e2e']:>13.2f}"
         )
     print(
-        f"rates in images/s, median of {len(results[0].runs['forward'])} run(s); decode 1thr = read + preprocess "
-        "on one thread; per-image loop on " + ", ".join(f"{r.per_image_images} {r.name}" for r in results)
+        f"rates in images/s, median of {len(next(iter(results[0].runs.values())))} run(s); decode 1thr = read + "
+        "preprocess on one thread; TF 1-by-1 = retrain.py's per-image loop on "
+        + ", ".join(f"{r.per_image_images} {r.name}" for r in results)
     )
 
 
@@ -367,7 +394,7 @@ def _write_json(
     backbone: str,
     batch_size: int,
     repeat: int,
-    trace_seconds: float,
+    open_seconds: dict[str, float],
     elapsed: float,
     other_cores: float,
 ) -> Path:
@@ -380,7 +407,7 @@ def _write_json(
         "backbone": backbone,
         "batch_size": batch_size,
         "repeat": repeat,
-        "trace_seconds": trace_seconds,
+        "open_seconds": open_seconds,
         "elapsed_seconds": elapsed,
         "other_load_cores": other_cores,
         "sets": [{**asdict(r), "ratios": r.ratios()} for r in results],

@@ -97,6 +97,14 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "matplotlib", "tqdm
     type=click.IntRange(min=1),
     help="Images per backbone forward pass.",
 )
+@click.option(
+    "--runtime",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "litert", "tensorflow"]),
+    help="What computes bottlenecks: LiteRT on the CPU (the backbone converted once, cached), or TensorFlow; "
+    "auto picks TensorFlow where it sees a GPU, else LiteRT.",
+)
 @click.option("--print_misclassified_test_images", is_flag=True, help="List the test images the model gets wrong.")
 @click.option("--summaries_dir", help="Write TensorBoard scalars here.")
 @click.option("--saved_model_dir", help="Also copy the SavedModel here.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,13 +23,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from retrain.augment import Augmentation, variant_digest, variant_pixels
 from retrain.backbones import Backbone
 from retrain.cache import BottleneckCache, image_digest
 from retrain.errors import RetrainError
 from retrain.progress import progress_bar
+from retrain.runtimes import FeatureRuntime, open_runtime
 from serve.preprocess import ImageDecodeError, InputSpec, decode_image, normalize, preprocess
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class ExtractionStats:
     cached: int = 0
     computed: int = 0
     duplicates: int = 0  # vectors of files identical to another in this run, copied from its vectors
+    runtime: str | None = None  # what computed them, when any were computed
+    setup_seconds: float = 0.0  # opening the runtime (a first conversion included), within the extraction
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
 
 
@@ -108,8 +111,13 @@ def compute_bottlenecks(
     augmentation: Augmentation | None = None,
     copies: int = 0,
     seed: int = 0,
+    runtime: Callable[[], FeatureRuntime] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ExtractionStats]:
     """Bottleneck vectors for `paths`, from the cache or the backbone.
+
+    `runtime` opens the runtime that computes missing vectors (by default `open_runtime`'s choice
+    for this backbone); it is called only when some vector is missing, so a run whose vectors are
+    all cached converts and loads nothing.
 
     Returns `(vectors, ok, stats)`: `vectors` has one row per path; `ok[i]` is False for a file
     that could not be read or decoded (its row is zeros, and `stats.skipped` says why).
@@ -129,7 +137,9 @@ def compute_bottlenecks(
         misses = _from_cache(pool, paths, cache, versions, vectors, done, stats)
         failures: dict[int, str] = {}
         if misses:
-            forward = _forward_function(backbone)
+            opened = time.monotonic()
+            forward = runtime() if runtime else open_runtime(backbone, cache.root)
+            stats.runtime, stats.setup_seconds = forward.name, time.monotonic() - opened
             decode = partial(_decode, spec=backbone.input_spec, cache=cache, versions=versions)
             with progress_bar(total=sum(len(job.versions) for job in misses), desc="Computing bottlenecks") as bar:
                 for batch in _decoded_batches(pool, misses, decode, batch_size):
@@ -285,11 +295,3 @@ def _decoded_batches(
 def _skip(stats: ExtractionStats, path: Path, reason: str) -> None:
     log.warning("skipping %s: %s", path, reason)
     stats.skipped.append((path, reason))
-
-
-def _forward_function(backbone: Backbone):
-    """The backbone's forward pass as one traced TensorFlow graph with a free batch dimension."""
-    spec = backbone.input_spec
-    signature = [tf.TensorSpec([None, spec.height, spec.width, 3], tf.float32)]
-    traced = tf.function(lambda images: backbone.model(images), input_signature=signature)
-    return lambda images: traced(tf.constant(images)).numpy()

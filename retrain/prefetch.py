@@ -4,25 +4,36 @@
     python -m retrain.prefetch mobilenet_v2 ...     # needs the network (or RETRAIN_WEIGHTS_BASE_URL)
 
 Weights land in `retrain.paths.weights_cache_dir()` (`$RETRAIN_WEIGHTS_DIR` if set), where later
-runs find them without a download or conversion.
+runs find them without a download or conversion. With `$RETRAIN_FEATURE_MODELS_DIR` set, each
+backbone's TFLite feature model (what extraction runs on a CPU) is converted into it as well.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from retrain.backbones import DEFAULT_ARCHITECTURE, load_backbone
 from retrain.errors import RetrainError
+from retrain.feature_models import PREBUILT_ENV, feature_model_name, save_feature_model
 from retrain.paths import weights_cache_dir
 from retrain.quiet import import_tensorflow_quietly
 
 
 def prefetch(architectures: list[str]) -> None:
-    """Builds each backbone once, which downloads or converts its ImageNet weights into the cache."""
+    """Builds each backbone once, which downloads or converts its ImageNet weights into the cache,
+    and converts its feature model into `$RETRAIN_FEATURE_MODELS_DIR` when that is set."""
     import_tensorflow_quietly()
+    import tensorflow as tf
+
+    feature_models = os.environ.get(PREBUILT_ENV)
     for architecture in architectures:
         backbone = load_backbone(architecture)
         print(f"{backbone.name}: weights ready in {weights_cache_dir()}")
+        if feature_models:
+            save_feature_model(backbone, Path(feature_models) / feature_model_name(backbone, tf.__version__))
+            print(f"{backbone.name}: TFLite feature model ready in {feature_models}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,8 +47,15 @@ def backbone_summary(backbone: Backbone) -> None:
     _say(f"Backbone {backbone.cache_id}: {spec.height}x{spec.width} input, {backbone.feature_dim} features.")
 
 
+RUNTIME_NAMES = {"litert": "LiteRT", "tensorflow": "TensorFlow"}
+
+
 def extraction_summary(stats: ExtractionStats, seconds: float, cache_dir: Path) -> None:
-    rate = f" ({stats.computed / seconds:.1f} images/s)" if stats.computed and seconds > 0 else ""
+    rate = ""
+    if stats.computed:
+        computing = max(seconds - stats.setup_seconds, 1e-9)
+        rate = f" ({stats.computed / computing:.1f} images/s with {RUNTIME_NAMES.get(stats.runtime, stats.runtime)}"
+        rate += f", after {stats.setup_seconds:.1f}s to load it)" if stats.setup_seconds >= 0.5 else ")"
     twins = f", {stats.duplicates} of identical files" if stats.duplicates else ""
     _say(
         f"Bottlenecks: {stats.cached} from cache, {stats.computed} computed{rate}{twins}, "

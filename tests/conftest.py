@@ -60,6 +60,26 @@ def tiny_digits(tmp_path: Path) -> Path:
     return copy_digits(tmp_path / "digits", ["0", "1", "7"], per_class=12)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prebuilt_feature_models(tmp_path_factory: pytest.TempPathFactory):
+    """The default backbone converted to TFLite once for the session, found through
+    RETRAIN_FEATURE_MODELS_DIR as a container image finds its own: a conversion takes seconds, and
+    the tests make dozens of fresh bottleneck caches. Tests of the conversion itself unset it."""
+    from retrain.backbones import load_backbone
+    from retrain.feature_models import feature_model_name, save_feature_model
+    from retrain.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("feature_models")
+    backbone = load_backbone()
+    save_feature_model(backbone, folder / feature_model_name(backbone, tf.__version__))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETRAIN_FEATURE_MODELS_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, str, Path]:
     """The demo job: all 1,797 digits, default flags, a fresh bottleneck cache; shared by the session.

@@ -189,6 +189,8 @@ def test_retrain_exports_into_the_models_volume_as_the_image_user(digits_job, de
     assert digits_job.returncode == 0, digits_job.stderr[-3000:]
     accuracy = float(re.search(r"Final test accuracy = ([\d.]+)%", digits_job.stdout)[1])
     assert accuracy >= 85.0
+    assert "with LiteRT" in digits_job.stdout, "the CPU image should extract with LiteRT"
+    assert "converting" not in digits_job.stderr, "the image should hold its converted weights and feature model"
     latest = deployment.models / "latest"
     assert latest.is_symlink() and not os.readlink(latest).startswith("/"), "latest must work outside the container"
     assert {"model.json", "model.tflite", "labels.txt"} <= {p.name for p in latest.iterdir()}

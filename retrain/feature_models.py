@@ -1,0 +1,85 @@
+"""A backbone converted to a TFLite feature model once, and kept like a bottleneck.
+
+The conversion (several seconds of TensorFlow's converter) happens the first time a backbone has
+images to compute; afterwards its `.tflite` file is read from the cache. The key names the exact
+network and weights (the backbone's cache id) and the converter that produced it (TensorFlow's
+version), so a new converter never reuses an old conversion. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+from retrain.backbones import Backbone
+from retrain.files import replacing
+
+log = logging.getLogger(__name__)
+
+FEATURE_MODELS_DIR = "feature_models"
+INPUT_NAME = "images"
+OUTPUT_NAME = "features"
+FORMAT_VERSION = 1  # of what is converted: the signature's names and shapes
+PREBUILT_ENV = "RETRAIN_FEATURE_MODELS_DIR"
+
+
+class ConversionError(Exception):
+    """The TFLite converter rejected the backbone."""
+
+
+def feature_model_name(backbone: Backbone, converter_version: str) -> str:
+    """The file name of the backbone's feature model as that converter version makes it."""
+    salt = f"{backbone.cache_id}|converter-{converter_version}|format-{FORMAT_VERSION}"
+    digest = hashlib.sha256(salt.encode()).hexdigest()[:16]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.cache_id)[:60]
+    return f"{readable}-{digest}.tflite"
+
+
+def cached_feature_model(backbone: Backbone, cache_root: Path, reconvert: bool = False) -> Path:
+    """The backbone's TFLite feature model: from `$RETRAIN_FEATURE_MODELS_DIR` (converted ahead of
+    time, e.g. into a container image; may be read-only), else from `feature_models/` beside the
+    bottlenecks in `cache_root`, converted there now if missing (or `reconvert`, for an entry found
+    unreadable). ConversionError if the converter rejects the network."""
+    import tensorflow as tf
+
+    name = feature_model_name(backbone, tf.__version__)
+    prebuilt = os.environ.get(PREBUILT_ENV)
+    if prebuilt and not reconvert and (Path(prebuilt) / name).is_file():
+        return Path(prebuilt) / name
+    path = Path(cache_root) / FEATURE_MODELS_DIR / name
+    if reconvert or not path.is_file():
+        log.info("converting %s to a TFLite feature model (once; cached in %s)", backbone.cache_id, path.parent)
+        save_feature_model(backbone, path)
+    return path
+
+
+def save_feature_model(backbone: Backbone, path: Path) -> None:
+    """Converts the backbone and writes it to `path` atomically."""
+    data = convert(backbone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def convert(backbone: Backbone) -> bytes:
+    """The backbone as a float32 TFLite model: signature `features`, images (N, H, W, 3) -> (N, D)."""
+    import keras
+    import tensorflow as tf
+
+    spec = backbone.input_spec
+    module = tf.Module()
+    # Keras 3 variables must be listed as TensorFlow variables, or the converter drops the weights.
+    module.variables_to_keep = [v.value if isinstance(v, keras.Variable) else v for v in backbone.model.variables]
+    module.features = tf.function(
+        lambda images: {OUTPUT_NAME: backbone.model(images)},
+        input_signature=[tf.TensorSpec([None, spec.height, spec.width, 3], tf.float32, name=INPUT_NAME)],
+    )
+    try:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([module.features.get_concrete_function()], module)
+        return converter.convert()
+    except Exception as e:  # the converter raises many types (ConverterError, ValueError, ...)
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise ConversionError(f"{type(e).__name__}: {first_line}") from e

@@ -1,0 +1,22 @@
+"""Bottlenecks from the Keras model's forward pass, traced once with a free batch dimension."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from retrain.backbones import Backbone
+
+
+class TensorFlowRuntime:
+    """The backbone's own forward pass; on a GPU when TensorFlow has one."""
+
+    name = "tensorflow"
+
+    def __init__(self, backbone: Backbone):
+        spec = backbone.input_spec
+        signature = [tf.TensorSpec([None, spec.height, spec.width, 3], tf.float32)]
+        self._forward = tf.function(lambda images: backbone.model(images), input_signature=signature)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self._forward(tf.constant(pixels)).numpy()

@@ -1,0 +1,122 @@
+"""Extraction runtimes: LiteRT computes the vectors TensorFlow computes, from a feature model
+converted once and cached; `auto` falls back to TensorFlow for a backbone that will not convert."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrain import feature_models
+from retrain.backbones import load_backbone
+from retrain.errors import RetrainError
+from retrain.runtimes import open_runtime
+from serve.preprocess import preprocess
+
+from .conftest import DIGITS, jpeg_bytes
+
+# LiteRT (XNNPACK) and TensorFlow order float operations differently; the features are ReLU6
+# outputs averaged over 49 positions, of magnitude up to ~6. Measured differences: under 2e-5.
+ATOL, RTOL = 1e-4, 1e-4
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone()
+
+
+@pytest.fixture(scope="module")
+def pixels(backbone) -> np.ndarray:
+    """Ten real digits and two photo-like JPEGs, preprocessed as retrain does."""
+    digits = [sorted((DIGITS / str(label)).glob("*.png"))[0].read_bytes() for label in range(10)]
+    photos = [jpeg_bytes(640, 480, seed=seed) for seed in (1, 2)]
+    return np.stack([preprocess(data, backbone.input_spec) for data in digits + photos])
+
+
+def test_litert_vectors_equal_tensorflows_within_tolerance(backbone, pixels, tmp_path: Path) -> None:
+    litert = open_runtime(backbone, tmp_path, "litert")
+    tensorflow = open_runtime(backbone, tmp_path, "tensorflow")
+    assert (litert.name, tensorflow.name) == ("litert", "tensorflow")
+    expected = tensorflow(pixels)
+    np.testing.assert_allclose(litert(pixels), expected, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(litert(pixels[:1]), expected[:1], atol=ATOL, rtol=RTOL)  # any batch size
+    assert np.abs(expected).max() > 1.0  # a real signal, not zeros compared with zeros
+
+
+def test_interpreters_split_a_batch_and_give_the_same_vectors(backbone, pixels, tmp_path: Path) -> None:
+    from retrain.runtimes.litert import LiteRTRuntime
+
+    path = feature_models.cached_feature_model(backbone, tmp_path)
+    one, two = LiteRTRuntime(path, threads=2, interpreters=1), LiteRTRuntime(path, threads=2, interpreters=2)
+    np.testing.assert_allclose(two(pixels), one(pixels), atol=1e-6)
+
+
+def test_the_feature_model_is_converted_once_then_read_from_the_cache(
+    backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RETRAIN_FEATURE_MODELS_DIR")  # nothing converted ahead of time
+    conversions = []
+    convert = feature_models.convert
+    monkeypatch.setattr(feature_models, "convert", lambda b: conversions.append(b.cache_id) or convert(b))
+    first = feature_models.cached_feature_model(backbone, tmp_path)
+    assert first.parent == tmp_path / "feature_models" and first.suffix == ".tflite"
+    mtime = first.stat().st_mtime_ns
+    assert feature_models.cached_feature_model(backbone, tmp_path) == first
+    assert conversions == [backbone.cache_id] and first.stat().st_mtime_ns == mtime
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_the_key_names_the_network_and_the_converter(backbone) -> None:
+    name = feature_models.feature_model_name
+    assert name(backbone, "2.21.0") != name(backbone, "2.22.0")
+    assert name(backbone, "2.21.0") != name(load_backbone("pixels", image_size=16), "2.21.0")
+
+
+def test_a_prebuilt_model_is_used_and_never_written(backbone, tmp_path: Path, prebuilt_feature_models: Path) -> None:
+    """As in the retrain image: converted at build time into a folder the run may not write."""
+    path = feature_models.cached_feature_model(backbone, tmp_path / "cache")
+    assert path.parent == prebuilt_feature_models
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_damaged_cached_model_is_converted_again(
+    backbone, pixels, tmp_path: Path, prebuilt_feature_models: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    monkeypatch.delenv("RETRAIN_FEATURE_MODELS_DIR")
+    name = feature_models.feature_model_name(backbone, _tensorflow_version())
+    path = tmp_path / "feature_models" / name
+    path.parent.mkdir()
+    good = (prebuilt_feature_models / name).read_bytes()
+    path.write_bytes(good[: len(good) // 3])
+    with caplog.at_level(logging.WARNING):
+        runtime = open_runtime(backbone, tmp_path, "litert")
+    assert "unreadable" in caplog.text and path.stat().st_size > len(good) // 2
+    from retrain.runtimes.litert import LiteRTRuntime
+
+    expected = LiteRTRuntime(prebuilt_feature_models / name)(pixels[:2])
+    np.testing.assert_allclose(runtime(pixels[:2]), expected, atol=1e-6)
+
+
+def test_a_backbone_the_converter_rejects_falls_back_to_tensorflow(
+    backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """The converter is made to refuse (no backbone here is refused for real); the fallback is real."""
+
+    def refuse(_):
+        raise feature_models.ConversionError("ConverterError: op not supported")
+
+    monkeypatch.setattr(feature_models, "convert", refuse)
+    monkeypatch.delenv("RETRAIN_FEATURE_MODELS_DIR")
+    with caplog.at_level(logging.WARNING):
+        assert open_runtime(backbone, tmp_path / "fresh", "auto").name == "tensorflow"
+    assert "does not convert to TFLite" in caplog.text and "TensorFlow" in caplog.text
+    with pytest.raises(RetrainError, match="--runtime litert"):
+        open_runtime(backbone, tmp_path / "fresh", "litert")
+
+
+def _tensorflow_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
