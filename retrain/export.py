@@ -21,8 +21,9 @@ import tensorflow as tf
 from retrain.backbones import Backbone
 from retrain.backbones.base_model import KERAS_MODEL_FILE
 from retrain.errors import RetrainError
-from retrain.heads import Head
+from retrain.heads import Head, SoftmaxHead
 from retrain.paths import check_writable
+from retrain.tflite_head import append_softmax_head
 from serve.model_info import MODEL_JSON, SAVED_MODEL_DIR, TFLITE_FILE, ModelInfo
 from serve.preprocess import CENTRAL_FRACTION, InputSpec
 
@@ -54,10 +55,14 @@ def export_model(
     info: ModelInfo,
     update_latest: bool = False,
     write_reports: Callable[[Path], None] | None = None,
+    feature_model: Path | None = None,
 ) -> Path:
     """Writes the export atomically and returns its path; with `update_latest`, repoints `<parent>/latest`.
 
     `write_reports(folder)` adds the report files (plots) beside model.json before the rename.
+    `feature_model`, the backbone's converted TFLite feature model (when the backbone is exactly the
+    one exported, not fine-tuned), makes model.tflite by appending a softmax head to it
+    (`retrain.tflite_head`) instead of converting the whole network again.
     """
     target = Path(output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +71,11 @@ def export_model(
     try:
         saved_model = staging / SAVED_MODEL_DIR
         save_classifier(saved_model, backbone, head, info.labels)
-        (staging / TFLITE_FILE).write_bytes(convert_to_tflite(saved_model))
+        if feature_model is not None and isinstance(head, SoftmaxHead):
+            tflite = append_softmax_head(feature_model.read_bytes(), head.layers)
+        else:
+            tflite = convert_to_tflite(saved_model)
+        (staging / TFLITE_FILE).write_bytes(tflite)
         if isinstance(backbone.model, keras.Model):
             save_keras_model(staging / KERAS_MODEL_FILE, backbone, head)
         if write_reports:

@@ -7,10 +7,13 @@ Everything a person should see goes through `retrain.report`.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +26,17 @@ from retrain.crossval import CrossValidation, cross_validate
 from retrain.errors import RetrainError
 from retrain.export import check_output_dir, default_output_dir, export_model
 from retrain.extract import DEFAULT_BATCH_SIZE, ExtractionStats, compute_bottlenecks
+from retrain.feature_models import ConversionError, cached_feature_model
 from retrain.finetune import Pixels, decode_images, features_of, train_end_to_end, unfreeze_top
 from retrain.heads import Head, fit_prototypes
 from retrain.images import SPLITS, ImageSet, discover, limit_training
 from retrain.paths import check_writable, user_cache_dir
+from retrain.runtimes import FeatureRuntime, open_runtime
 from retrain.train import EvalRecord, HParams, accuracy_and_cross_entropy, initial_softmax_head, train_head
 from serve.model_info import CONFUSION_MATRIX_PNG, LABELS_TXT, SAVED_MODEL_DIR, TRAINING_CURVES_PNG, ModelInfo
 from serve.preprocess import decode_image
+
+log = logging.getLogger(__name__)
 
 HEADS = ("softmax", "prototype")
 FINE_TUNE_STEPS = 500
@@ -60,6 +67,7 @@ class RetrainConfig:
     validation_percentage: float = 10
     test_batch_size: int = -1
     extraction_batch_size: int = DEFAULT_BATCH_SIZE
+    runtime: str = "auto"  # what computes bottlenecks: auto, litert or tensorflow (retrain.runtimes)
     print_misclassified_test_images: bool = False
     summaries_dir: str | None = None
     saved_model_dir: str | None = None
@@ -167,6 +175,7 @@ def run(config: RetrainConfig) -> RunResult:
         info,
         update_latest=config.output_dir is None,
         write_reports=lambda folder: _write_plots(folder, trained, evaluation, image_set.labels),
+        feature_model=None if trained.end_to_end else _feature_model(backbone, bottleneck_dir),
     )
     if config.saved_model_dir:
         shutil.copytree(exported / SAVED_MODEL_DIR, config.saved_model_dir, dirs_exist_ok=True)
@@ -201,13 +210,14 @@ def _train_on_bottlenecks(
 ) -> Trained:
     """Cached vectors -> head; then, with --fine_tune_layers, the top of the backbone on decoded images."""
     cache = BottleneckCache(bottleneck_dir, backbone.cache_id, backbone.feature_dim)
-    splits, extraction, seconds = _bottlenecks(image_set, backbone, cache, config.extraction_batch_size)
+    runtime = partial(open_runtime, backbone, bottleneck_dir, config.runtime)
+    splits, extraction, seconds = _bottlenecks(image_set, backbone, cache, config.extraction_batch_size, runtime)
     report.extraction_summary(extraction, seconds, cache.directory)
     train, validation = splits["training"], splits["validation"]
     if len(set(train.labels.tolist())) < 2:
         raise RetrainError("fewer than two classes have decodable training images; nothing to learn")
     if config.augmentation_copies:
-        train = _with_augmented_copies(config, train, backbone, cache)
+        train = _with_augmented_copies(config, train, backbone, cache, runtime)
     num_classes = len(image_set.labels)
     started = time.monotonic()
     if config.head == "prototype":
@@ -297,7 +307,11 @@ def _train_from_scratch(config: RetrainConfig, image_set: ImageSet, backbone: Ba
 
 
 def _with_augmented_copies(
-    config: RetrainConfig, train: Bottlenecks, backbone: Backbone, cache: BottleneckCache
+    config: RetrainConfig,
+    train: Bottlenecks,
+    backbone: Backbone,
+    cache: BottleneckCache,
+    runtime: Callable[[], FeatureRuntime],
 ) -> Bottlenecks:
     """The training vectors plus K cached augmented copies of each image (never of hold-out images)."""
     copies, seed = config.augmentation_copies, config.hparams.random_seed
@@ -310,6 +324,7 @@ def _with_augmented_copies(
         augmentation=config.augmentation,
         copies=copies,
         seed=seed,
+        runtime=runtime,
     )
     report.augmentation_summary(config.augmentation, copies, stats, time.monotonic() - started)
     features = np.concatenate([train.features, vectors[ok].reshape(-1, backbone.feature_dim)])
@@ -370,12 +385,16 @@ def _refit(config: RetrainConfig, num_classes: int):
 
 
 def _bottlenecks(
-    image_set: ImageSet, backbone: Backbone, cache: BottleneckCache, batch_size: int
+    image_set: ImageSet,
+    backbone: Backbone,
+    cache: BottleneckCache,
+    batch_size: int,
+    runtime: Callable[[], FeatureRuntime],
 ) -> tuple[dict[str, Bottlenecks], ExtractionStats, float]:
     """Vectors for every split in one extraction pass; undecodable files are dropped from their split."""
     examples = [example for split in SPLITS for example in image_set.splits[split]]
     started = time.monotonic()
-    vectors, ok, stats = compute_bottlenecks([e.path for e in examples], backbone, cache, batch_size)
+    vectors, ok, stats = compute_bottlenecks([e.path for e in examples], backbone, cache, batch_size, runtime=runtime)
     seconds = time.monotonic() - started
     splits, start = {}, 0
     for split in SPLITS:
@@ -388,6 +407,16 @@ def _bottlenecks(
         )
         start += len(members)
     return splits, stats, seconds
+
+
+def _feature_model(backbone: Backbone, bottleneck_dir: Path) -> Path | None:
+    """The backbone's TFLite feature model for a composed export (converted now if the run had every
+    vector cached); None if it will not convert, and the export converts the whole network instead."""
+    try:
+        return cached_feature_model(backbone, bottleneck_dir)
+    except ConversionError as e:
+        log.info("%s does not convert to TFLite (%s); converting the exported model as a whole", backbone.cache_id, e)
+        return None
 
 
 def _test_index(count: int, batch_size: int, seed: int) -> np.ndarray:
