@@ -145,7 +145,7 @@ def misclassified(items: list[tuple[Path, str]]) -> None:
 
 
 def exporting(output_dir: Path) -> None:
-    _say(f"Exporting to {output_dir} (SavedModel and TFLite conversion take a few seconds)...")
+    _say(f"Exporting to {output_dir} (writing the SavedModel takes a few seconds)...")
 
 
 def exported(output_dir: Path, seconds: float) -> None:
