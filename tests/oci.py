@@ -48,6 +48,7 @@ cgroup_manager = "cgroupfs"
 """
 # podman's own log lines, e.g. that it has no systemd to run a container's healthcheck on a timer.
 ENGINE_LOG_LINE = re.compile(r'^time="[^"]*" level=\w+ msg=.*\n?', re.MULTILINE)
+TEST_LABEL = "org.retrain.built-by-tests"
 BUILD_TIMEOUT = 1800
 RUN_TIMEOUT = 600
 
@@ -78,9 +79,13 @@ class Engine:
         return self("image", "inspect", name, check=False).returncode == 0
 
     def build(self, target: str, tag: str, python_image: str) -> float:
-        """`build --target <target> -t <tag> .` with PYTHON_IMAGE set; returns the seconds it took."""
+        """`build --target <target> -t <tag> .` with PYTHON_IMAGE set; returns the seconds it took.
+
+        The image the tag named before is pruned if nothing else uses it, so repeated test runs on
+        one machine do not pile up gigabytes of untagged retrain images (only images this suite
+        built carry its label)."""
         args = ["build", "--target", target, "--tag", tag, "--build-arg", f"PYTHON_IMAGE={python_image}"]
-        args += ["--network", "host"]
+        args += ["--network", "host", "--label", f"{TEST_LABEL}=1"]
         if self.kind == "podman":
             args += ["--format", "docker"]  # OCI images drop HEALTHCHECK
             bundle = certificate_bundle()
@@ -88,7 +93,9 @@ class Engine:
                 args += ["--volume", f"{bundle}:{bundle}:ro"]
         started = time.monotonic()
         self(*args, str(REPO), timeout=BUILD_TIMEOUT)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        self("image", "prune", "--force", "--filter", f"label={TEST_LABEL}=1", check=False, timeout=300)
+        return seconds
 
     def image_size(self, name: str) -> int:
         return int(json.loads(self("image", "inspect", name).stdout)[0]["Size"])
