@@ -45,14 +45,6 @@ def test_litert_vectors_equal_tensorflows_within_tolerance(backbone, pixels, tmp
     assert np.abs(expected).max() > 1.0  # a real signal, not zeros compared with zeros
 
 
-def test_interpreters_split_a_batch_and_give_the_same_vectors(backbone, pixels, tmp_path: Path) -> None:
-    from retrain.runtimes.litert import LiteRTRuntime
-
-    path = feature_models.cached_feature_model(backbone, tmp_path)
-    one, two = LiteRTRuntime(path, threads=2, interpreters=1), LiteRTRuntime(path, threads=2, interpreters=2)
-    np.testing.assert_allclose(two(pixels), one(pixels), atol=1e-6)
-
-
 def test_the_feature_model_is_converted_once_then_read_from_the_cache(
     backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
