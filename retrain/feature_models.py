@@ -56,6 +56,16 @@ def cached_feature_model(backbone: Backbone, cache_root: Path, reconvert: bool =
     return path
 
 
+def save_prebuilt(backbone: Backbone, folder: Path) -> Path:
+    """Converts the backbone into `folder` under the name `cached_feature_model` looks for in
+    `$RETRAIN_FEATURE_MODELS_DIR` (a container build, a test session); returns the file."""
+    import tensorflow as tf
+
+    path = Path(folder) / feature_model_name(backbone, tf.__version__)
+    save_feature_model(backbone, path)
+    return path
+
+
 def save_feature_model(backbone: Backbone, path: Path) -> None:
     """Converts the backbone and writes it to `path` atomically."""
     data = convert(backbone)

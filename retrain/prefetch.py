@@ -16,7 +16,7 @@ from pathlib import Path
 
 from retrain.backbones import DEFAULT_ARCHITECTURE, load_backbone
 from retrain.errors import RetrainError
-from retrain.feature_models import PREBUILT_ENV, feature_model_name, save_feature_model
+from retrain.feature_models import PREBUILT_ENV, save_prebuilt
 from retrain.paths import weights_cache_dir
 from retrain.quiet import import_tensorflow_quietly
 
@@ -25,14 +25,12 @@ def prefetch(architectures: list[str]) -> None:
     """Builds each backbone once, which downloads or converts its ImageNet weights into the cache,
     and converts its feature model into `$RETRAIN_FEATURE_MODELS_DIR` when that is set."""
     import_tensorflow_quietly()
-    import tensorflow as tf
-
     feature_models = os.environ.get(PREBUILT_ENV)
     for architecture in architectures:
         backbone = load_backbone(architecture)
         print(f"{backbone.name}: weights ready in {weights_cache_dir()}")
         if feature_models:
-            save_feature_model(backbone, Path(feature_models) / feature_model_name(backbone, tf.__version__))
+            save_prebuilt(backbone, Path(feature_models))
             print(f"{backbone.name}: TFLite feature model ready in {feature_models}")
 
 

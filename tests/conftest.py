@@ -66,15 +66,12 @@ def prebuilt_feature_models(tmp_path_factory: pytest.TempPathFactory):
     RETRAIN_FEATURE_MODELS_DIR as a container image finds its own: a conversion takes seconds, and
     the tests make dozens of fresh bottleneck caches. Tests of the conversion itself unset it."""
     from retrain.backbones import load_backbone
-    from retrain.feature_models import feature_model_name, save_feature_model
+    from retrain.feature_models import save_prebuilt
     from retrain.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    import tensorflow as tf
-
     folder = tmp_path_factory.mktemp("feature_models")
-    backbone = load_backbone()
-    save_feature_model(backbone, folder / feature_model_name(backbone, tf.__version__))
+    save_prebuilt(load_backbone(), folder)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RETRAIN_FEATURE_MODELS_DIR", str(folder))
         yield folder
