@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from retrain.backbones import Backbone
     from serve.preprocess import InputSpec
 
+from hardware import cpu_model  # bench/, first on sys.path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_DIR = REPO / "image_dirs" / "digits"
 RESULTS_DIR = REPO / "bench" / "results"
@@ -338,20 +340,10 @@ def _machine(tf_version: str, backbone: str) -> str:
     cores = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     return (
-        f"machine: {_cpu_model()}, {cores} cores ({usable} usable), {platform.system()} {platform.machine()}\n"
+        f"machine: {cpu_model()}, {cores} cores ({usable} usable), {platform.system()} {platform.machine()}\n"
         f"software: Python {platform.python_version()}, TensorFlow {tf_version}, numpy {np.__version__}, "
         f"Pillow {Image.__version__}; backbone {backbone}"
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _print_table(results: list[SetResult]) -> None:
@@ -402,7 +394,7 @@ def _write_json(
     path = RESULTS_DIR / f"bottlenecks-{time.strftime('%Y%m%d-%H%M%S')}.json"
     document = {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
         "versions": {"python": platform.python_version(), "tensorflow": tf_version, "pillow": Image.__version__},
         "backbone": backbone,
         "batch_size": batch_size,

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from hardware import cpu_model  # bench/, first on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_DIR = REPO / "image_dirs" / "digits"
@@ -564,19 +565,9 @@ def _machine() -> str:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     return (
-        f"machine: {_cpu_model()}, {cores} cores ({usable} usable), {platform.system()} {platform.machine()}\n"
+        f"machine: {cpu_model()}, {cores} cores ({usable} usable), {platform.system()} {platform.machine()}\n"
         f"software: Python {platform.python_version()}, {versions}"
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _print_table(results: Results) -> None:
@@ -635,7 +626,7 @@ def _write_json(results: Results, verdicts: list[dict], settings: dict, model_di
     path = RESULTS_DIR / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
     document = {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
         "versions": {"python": platform.python_version(), **_versions()},
         "model_dir": str(model_dir),
         "server_settings": settings,
