@@ -2,15 +2,19 @@
 
 Each head maps bottleneck vectors to class probabilities twice over: in numpy, for evaluation on
 cached vectors, and as Keras layers, for the export and for training end to end. Both compute
-the same function, so every path through retrain scores an image the same way.
+the same function, so every path through retrain scores an image the same way. Keras is imported
+only when its layers are asked for: a run on cached bottlenecks never needs it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 # Cosine similarities lie in [-1, 1]; scaled by 10 their softmax ranks like nearest-prototype and
 # gives a clear winner a clear score (a 0.3 cosine lead is ~95%), without pretending calibration.
@@ -53,6 +57,8 @@ class SoftmaxHead:
 
     def keras_layers(self) -> list[keras.layers.Layer]:
         """Dropout + Dense layers holding this head's weights; the last one ends in softmax."""
+        import keras
+
         result: list[keras.layers.Layer] = []
         for index, (weights, biases) in enumerate(self.layers):
             last = index == len(self.layers) - 1
@@ -68,33 +74,13 @@ class SoftmaxHead:
 
     @classmethod
     def from_keras_layers(cls, layers: list[keras.layers.Layer], dropout: float) -> SoftmaxHead:
+        import keras
+
         dense = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
         return cls(tuple((w.copy(), b.copy()) for w, b in (layer.get_weights() for layer in dense)), dropout)
 
     def describe(self) -> dict:
         return {"type": self.kind, "hidden_units": self.hidden_units, "dropout": self.dropout}
-
-
-@keras.saving.register_keras_serializable(package="retrain")
-class PrototypeLayer(keras.layers.Layer):
-    """Softmax over scaled cosine similarities to one fixed unit vector per class."""
-
-    def __init__(self, num_classes: int, scale: float = PROTOTYPE_SCALE, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.scale = scale
-
-    def build(self, input_shape) -> None:
-        self.prototypes = self.add_weight(
-            name="prototypes", shape=(self.num_classes, input_shape[-1]), initializer="zeros", trainable=False
-        )
-
-    def call(self, features):
-        unit = features / keras.ops.maximum(keras.ops.norm(features, axis=-1, keepdims=True), 1e-12)
-        return keras.ops.softmax(self.scale * keras.ops.matmul(unit, keras.ops.transpose(self.prototypes)))
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "num_classes": self.num_classes, "scale": self.scale}
 
 
 @dataclass(frozen=True)
@@ -114,6 +100,8 @@ class PrototypeHead:
         return _softmax(self.scale * (_l2_normalize(features.astype(np.float64)) @ self.prototypes.T))
 
     def keras_layers(self) -> list[keras.layers.Layer]:
+        from retrain.prototype_layer import PrototypeLayer
+
         layer = PrototypeLayer(len(self.prototypes), self.scale, name="prototypes")
         layer.build((None, self.prototypes.shape[1]))
         layer.set_weights([self.prototypes.astype(np.float32)])

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import keras
 
-from retrain.backbones import Backbone
+from retrain.backbones import Backbone, built_backbone
 from retrain.errors import RetrainError
-from retrain.heads import PrototypeLayer
-from serve.model_info import MODEL_JSON, ModelDirError, read_model_info
-
-KERAS_MODEL_FILE = "model.keras"
+from retrain.prototype_layer import PrototypeLayer
+from serve.model_info import KERAS_MODEL_FILE, MODEL_JSON, ModelDirError, read_model_info
 
 
 def load_base_model(model_dir: str) -> Backbone:
@@ -30,8 +28,8 @@ def load_base_model(model_dir: str) -> Backbone:
     path = directory / KERAS_MODEL_FILE
     if not path.is_file():
         raise RetrainError(
-            f"--base_model {model_dir} has no {KERAS_MODEL_FILE} (exports with a TF Hub backbone, and "
-            f"exports made before retrain wrote one, have none); its {MODEL_JSON} says backbone {info.backbone}"
+            f"--base_model {model_dir} has no {KERAS_MODEL_FILE}: retrain writes one with --export keras "
+            f"(not for a TF Hub backbone); its {MODEL_JSON} says backbone {info.backbone}"
         )
     try:
         full = keras.saving.load_model(path, custom_objects={"PrototypeLayer": PrototypeLayer}, compile=False)
@@ -44,10 +42,4 @@ def load_base_model(model_dir: str) -> Backbone:
     features = keras.Sequential([keras.Input((spec.height, spec.width, 3)), *kept], name="base_model")
     with path.open("rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()[:16]
-    return Backbone(
-        name="base_model",
-        cache_id=f"base_model@{digest}",
-        input_spec=spec,
-        model=features,
-        feature_dim=int(features.output_shape[-1]),
-    )
+    return built_backbone("base_model", f"base_model@{digest}", spec, features, int(features.output_shape[-1]))
