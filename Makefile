@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bottlenecks.py
+	$(BIN)/python bench/runs.py
 
 # After changing a dependency in pyproject.toml: install it, then pin everything again.
 constraints: $(STAMP)

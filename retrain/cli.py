@@ -6,6 +6,7 @@ adds the traceback).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import traceback
@@ -14,11 +15,11 @@ import click
 
 from retrain.backbones import DEFAULT_ARCHITECTURE
 from retrain.errors import RetrainError
-from retrain.quiet import import_tensorflow_quietly
+from retrain.quiet import show_tensorflow_logs
 
 DEFAULT_AUGMENTATION_COPIES = 4
 # Installed by the `train` extra only; the serve image has the `retrain` script but none of these.
-TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "matplotlib", "tqdm")
+TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "flatbuffers", "matplotlib", "tqdm")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -107,7 +108,14 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "matplotlib", "tqdm
 )
 @click.option("--print_misclassified_test_images", is_flag=True, help="List the test images the model gets wrong.")
 @click.option("--summaries_dir", help="Write TensorBoard scalars here.")
-@click.option("--saved_model_dir", help="Also copy the SavedModel here.")
+@click.option(
+    "--export",
+    default="tflite",
+    show_default=True,
+    help="What the export holds besides labels and model.json: tflite (always; serve runs it), and any of "
+    "saved_model (TensorFlow Serving) and keras (model.keras, for --base_model), comma-separated.",
+)
+@click.option("--saved_model_dir", help="Also write the SavedModel (implies --export saved_model) and copy it here.")
 @click.option("--output_labels", help="Also copy labels.txt here.")
 @click.option("--random_seed", default=0, show_default=True, help="Seed for weights and batch sampling.")
 @click.option(
@@ -176,9 +184,11 @@ def main(verbose: bool, **flags) -> None:
     """Retrain a pretrained image network's last layer on folders of images, one folder per label."""
     if not flags["image_dir"]:
         raise RetrainError("--image_dir is required (a folder with one sub-folder of images per label)")
-    if not verbose:
-        import_tensorflow_quietly()
+    if verbose:
+        show_tensorflow_logs()
+    _check_training_modules()
     from retrain.augment import Augmentation
+    from retrain.export import parse_formats
     from retrain.pipeline import RetrainConfig, run
     from retrain.train import HParams
 
@@ -188,6 +198,7 @@ def main(verbose: bool, **flags) -> None:
     hparam_names = set(HParams.__dataclass_fields__)
     hparams = HParams(**{k: v for k, v in flags.items() if k in hparam_names})
     config = {k: v for k, v in flags.items() if k not in hparam_names}
+    config["export"] = parse_formats(config["export"])
     run(RetrainConfig(**config, augmentation=augmentation, hparams=hparams))
 
 
@@ -211,11 +222,22 @@ def entry_point(argv: list[str] | None = None) -> None:
     except ModuleNotFoundError as e:
         if e.name not in TRAINING_MODULES:
             _fail(1, f"internal error: {type(e).__name__}: {e}", verbose)
-        missing = f"no module named {e.name!r}: training needs `pip install 'retrain[train]'` (or the retrain image)"
-        _fail(2, missing, verbose)
+        _fail(2, _missing_module(e.name), verbose)
     except Exception as e:
         _fail(1, f"internal error: {type(e).__name__}: {e}", verbose)
     sys.exit(0)
+
+
+def _check_training_modules() -> None:
+    """Fails before any work where the training extra is not installed (the serve image): most of
+    these are imported only when a step needs them, which may be minutes in."""
+    for name in TRAINING_MODULES:
+        if importlib.util.find_spec(name) is None:
+            raise RetrainError(_missing_module(name))
+
+
+def _missing_module(name: str | None) -> str:
+    return f"no module named {name!r}: training needs `pip install 'retrain[train]'` (or the retrain image)"
 
 
 def _fail(code: int, message: str, verbose: bool) -> None:

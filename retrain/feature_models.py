@@ -12,10 +12,12 @@ import hashlib
 import logging
 import os
 import re
+from importlib import metadata
 from pathlib import Path
 
 from retrain.backbones import Backbone
 from retrain.files import replacing
+from retrain.quiet import import_tensorflow_quietly
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "features"
 FORMAT_VERSION = 1  # of what is converted: the signature's names and shapes
 PREBUILT_ENV = "RETRAIN_FEATURE_MODELS_DIR"
+TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tf-nightly")
 
 
 class ConversionError(Exception):
@@ -43,9 +46,7 @@ def cached_feature_model(backbone: Backbone, cache_root: Path, reconvert: bool =
     time, e.g. into a container image; may be read-only), else from `feature_models/` beside the
     bottlenecks in `cache_root`, converted there now if missing (or `reconvert`, for an entry found
     unreadable). ConversionError if the converter rejects the network."""
-    import tensorflow as tf
-
-    name = feature_model_name(backbone, tf.__version__)
+    name = feature_model_name(backbone, converter_version())
     prebuilt = os.environ.get(PREBUILT_ENV)
     if prebuilt and not reconvert and (Path(prebuilt) / name).is_file():
         return Path(prebuilt) / name
@@ -59,11 +60,23 @@ def cached_feature_model(backbone: Backbone, cache_root: Path, reconvert: bool =
 def save_prebuilt(backbone: Backbone, folder: Path) -> Path:
     """Converts the backbone into `folder` under the name `cached_feature_model` looks for in
     `$RETRAIN_FEATURE_MODELS_DIR` (a container build, a test session); returns the file."""
-    import tensorflow as tf
-
-    path = Path(folder) / feature_model_name(backbone, tf.__version__)
+    path = Path(folder) / feature_model_name(backbone, converter_version())
     save_feature_model(backbone, path)
     return path
+
+
+def converter_version() -> str:
+    """TensorFlow's version, read from the installed package's metadata: finding a cached
+    conversion must not cost TensorFlow's import."""
+    for distribution in TENSORFLOW_DISTRIBUTIONS:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    import_tensorflow_quietly()
+    import tensorflow as tf
+
+    return tf.__version__
 
 
 def save_feature_model(backbone: Backbone, path: Path) -> None:
@@ -76,15 +89,17 @@ def save_feature_model(backbone: Backbone, path: Path) -> None:
 
 def convert(backbone: Backbone) -> bytes:
     """The backbone as a float32 TFLite model: signature `features`, images (N, H, W, 3) -> (N, D)."""
+    import_tensorflow_quietly()
     import keras
     import tensorflow as tf
 
     spec = backbone.input_spec
+    model = backbone.model  # built here, eagerly: building inside the trace would not load its weights
     module = tf.Module()
     # Keras 3 variables must be listed as TensorFlow variables, or the converter drops the weights.
-    module.variables_to_keep = [v.value if isinstance(v, keras.Variable) else v for v in backbone.model.variables]
+    module.variables_to_keep = [v.value if isinstance(v, keras.Variable) else v for v in model.variables]
     module.features = tf.function(
-        lambda images: {OUTPUT_NAME: backbone.model(images)},
+        lambda images: {OUTPUT_NAME: model(images)},
         input_signature=[tf.TensorSpec([None, spec.height, spec.width, 3], tf.float32, name=INPUT_NAME)],
     )
     try:

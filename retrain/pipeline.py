@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,10 +26,9 @@ from retrain.backbones import DEFAULT_ARCHITECTURE, Backbone, load_backbone, reg
 from retrain.cache import BottleneckCache, image_digest
 from retrain.crossval import CrossValidation, cross_validate
 from retrain.errors import RetrainError
-from retrain.export import check_output_dir, default_output_dir, export_model
+from retrain.export import DEFAULT_EXPORT, check_output_dir, default_output_dir, export_model, parse_formats
 from retrain.extract import DEFAULT_BATCH_SIZE, ExtractionStats, compute_bottlenecks
 from retrain.feature_models import ConversionError, cached_feature_model
-from retrain.finetune import Pixels, decode_images, features_of, train_end_to_end, unfreeze_top
 from retrain.heads import Head, fit_prototypes
 from retrain.images import SPLITS, ImageSet, discover, limit_training
 from retrain.paths import check_writable, user_cache_dir
@@ -35,6 +36,9 @@ from retrain.runtimes import FeatureRuntime, open_runtime
 from retrain.train import EvalRecord, HParams, accuracy_and_cross_entropy, initial_softmax_head, train_head
 from serve.model_info import CONFUSION_MATRIX_PNG, LABELS_TXT, SAVED_MODEL_DIR, TRAINING_CURVES_PNG, ModelInfo
 from serve.preprocess import decode_image
+
+if TYPE_CHECKING:
+    from retrain.finetune import Pixels
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +74,9 @@ class RetrainConfig:
     runtime: str = "auto"  # what computes bottlenecks: auto, litert or tensorflow (retrain.runtimes)
     print_misclassified_test_images: bool = False
     summaries_dir: str | None = None
-    saved_model_dir: str | None = None
+    saved_model_dir: str | None = None  # also asks for the SavedModel in the export
     output_labels: str | None = None
+    export: tuple[str, ...] = DEFAULT_EXPORT  # model.tflite, and any of saved_model, keras
     hparams: HParams = field(default_factory=HParams)
 
 
@@ -143,6 +148,8 @@ def run(config: RetrainConfig) -> RunResult:
     )
     report.backbone_summary(backbone)
     if config.fine_tune_layers:
+        from retrain.finetune import unfreeze_top
+
         unfreeze_top(backbone, config.fine_tune_layers)  # fails now, not after extraction, if it cannot
     if backbone.from_scratch:
         trained = _train_from_scratch(config, image_set, backbone)
@@ -167,12 +174,15 @@ def run(config: RetrainConfig) -> RunResult:
         backbone=backbone.cache_id,
         details=_details(config, image_set, trained, evaluation, started),
     )
-    report.exporting(output_dir)
+    formats = (*config.export, "saved_model") if config.saved_model_dir else config.export
+    report.exporting(output_dir, formats)
+    export_started = time.monotonic()
     exported = export_model(
         output_dir,
         backbone,
         trained.head,
         info,
+        formats=formats,
         update_latest=config.output_dir is None,
         write_reports=lambda folder: _write_plots(folder, trained, evaluation, image_set.labels),
         feature_model=None if trained.end_to_end else _feature_model(backbone, bottleneck_dir),
@@ -181,7 +191,7 @@ def run(config: RetrainConfig) -> RunResult:
         shutil.copytree(exported / SAVED_MODEL_DIR, config.saved_model_dir, dirs_exist_ok=True)
     if config.output_labels:
         shutil.copyfile(exported / LABELS_TXT, config.output_labels)
-    report.exported(exported, time.monotonic() - started)
+    report.exported(exported, time.monotonic() - export_started, time.monotonic() - started)
     return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
 
 
@@ -189,6 +199,7 @@ def check_options(config: RetrainConfig) -> None:
     """Flag combinations that cannot work, refused before any work."""
     if config.head not in HEADS:
         raise RetrainError(f"unknown --head {config.head!r}; choose from {', '.join(HEADS)}")
+    parse_formats(",".join(config.export))
     trained_layers = config.hparams.hidden_units or config.hparams.dropout or config.fine_tune_layers
     if config.head == "prototype" and trained_layers:
         raise RetrainError(
@@ -236,6 +247,8 @@ def _train_on_bottlenecks(
     )
     if not config.fine_tune_layers:
         return Trained(head, history, splits, extraction, seconds=time.monotonic() - started)
+    from retrain.finetune import features_of, train_end_to_end
+
     hparams = config.hparams
     learning_rate = config.fine_tune_learning_rate or hparams.learning_rate / 10
     _, fitted = accuracy_and_cross_entropy(head.probabilities(train.features), train.labels)
@@ -263,6 +276,8 @@ def _train_on_bottlenecks(
 
 def _train_from_scratch(config: RetrainConfig, image_set: ImageSet, backbone: Backbone) -> Trained:
     """A backbone without pretrained weights trains end to end with its head on decoded images."""
+    from retrain.finetune import Pixels, decode_images, features_of, train_end_to_end
+
     examples = [example for split in SPLITS for example in image_set.splits[split]]
     started = time.monotonic()
     images, skipped = decode_images([e.path for e in examples], backbone.input_spec)
@@ -336,6 +351,8 @@ def _with_augmented_pixels(config: RetrainConfig, train: Pixels, paths: list[Pat
     """For training through the backbone: the same K augmented copies, as pixels."""
     if not config.augmentation_copies:
         return train
+    from retrain.finetune import Pixels
+
     copies, seed, spec = config.augmentation_copies, config.hparams.random_seed, backbone.input_spec
     extra = []
     for path in paths:
@@ -349,6 +366,8 @@ def _with_augmented_pixels(config: RetrainConfig, train: Pixels, paths: list[Pat
 
 def _decode(splits: dict[str, Bottlenecks], backbone: Backbone) -> dict[str, Pixels]:
     """Decoded pixels of the images whose bottlenecks were computed, split by split."""
+    from retrain.finetune import Pixels, decode_images
+
     decoded = {}
     for split in SPLITS:
         images, _ = decode_images(splits[split].paths, backbone.input_spec)
@@ -453,10 +472,6 @@ def _details(
     config: RetrainConfig, image_set: ImageSet, trained: Trained, evaluation: Evaluation, started: float
 ) -> dict:
     """What model.json records beyond the runtime contract: metrics, flags, counts, versions."""
-    import keras
-    import PIL
-    import tensorflow as tf
-
     from retrain import metrics
 
     splits, extraction = trained.splits, trained.extraction
@@ -500,10 +515,15 @@ def _details(
         "versions": {
             "retrain": __version__,
             "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": np.__version__,
-            "pillow": PIL.__version__,
+            **{name: _version(name) for name in ("tensorflow", "keras", "numpy", "pillow", "ai-edge-litert")},
         },
         "training_seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _version(distribution: str) -> str | None:
+    """An installed package's version, from its metadata (importing TensorFlow to ask costs seconds)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

@@ -4,6 +4,7 @@ logged as warnings on stderr."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 from retrain.augment import Augmentation
@@ -144,10 +145,11 @@ def misclassified(items: list[tuple[Path, str]]) -> None:
         _say(f"{path}  {predicted}")
 
 
-def exporting(output_dir: Path) -> None:
-    _say(f"Exporting to {output_dir} (writing the SavedModel takes a few seconds)...")
+def exporting(output_dir: Path, formats: Collection[str]) -> None:
+    slow = " (writing the SavedModel takes a few seconds)" if "saved_model" in formats else ""
+    _say(f"Exporting to {output_dir}{slow}...")
 
 
-def exported(output_dir: Path, seconds: float) -> None:
+def exported(output_dir: Path, export_seconds: float, total_seconds: float) -> None:
     files = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir()))
-    _say(f"Exported model to {output_dir} ({files}) in {seconds:.1f}s total.")
+    _say(f"Exported model to {output_dir} ({files}) in {export_seconds:.1f}s; {total_seconds:.1f}s total.")

@@ -17,6 +17,7 @@ MODEL_JSON = "model.json"
 LABELS_TXT = "labels.txt"
 TFLITE_FILE = "model.tflite"
 SAVED_MODEL_DIR = "saved_model"
+KERAS_MODEL_FILE = "model.keras"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 TRAINING_CURVES_PNG = "training_curves.png"
 # Report plots an export may hold next to model.json (file name -> what it shows); serve shows those present.
@@ -37,6 +38,7 @@ class ModelInfo:
     backbone: str
     preprocessing_version: int = PREPROCESSING_VERSION
     details: dict = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=lambda: {"tflite": TFLITE_FILE, "labels": LABELS_TXT})
 
     def to_json(self) -> dict:
         return {
@@ -44,7 +46,7 @@ class ModelInfo:
             "backbone": self.backbone,
             "labels": self.labels,
             "input": {**self.input_spec.to_json(), "preprocessing_version": self.preprocessing_version},
-            "files": {"tflite": TFLITE_FILE, "labels": LABELS_TXT, "saved_model": SAVED_MODEL_DIR},
+            "files": self.files,
             **self.details,
         }
 
@@ -57,6 +59,7 @@ class ModelInfo:
             backbone=str(data["backbone"]),
             preprocessing_version=int(data["input"].get("preprocessing_version", 1)),
             details={k: v for k, v in data.items() if k not in typed},
+            files=dict(data.get("files") or {"tflite": TFLITE_FILE, "labels": LABELS_TXT}),
         )
 
     def write(self, model_dir: str | Path) -> None:

@@ -80,13 +80,19 @@ def prebuilt_feature_models(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, str, Path]:
     """The demo job: all 1,797 digits, default flags, a fresh bottleneck cache; shared by the session.
+    It also exports the optional formats (SavedModel, model.keras), so that tests can check them.
 
     Returns (result, printed log, root folder with `models/` and `cache/`).
     """
     from retrain.pipeline import RetrainConfig, run
 
     root = tmp_path_factory.mktemp("digits_run")
-    config = RetrainConfig(image_dir=str(DIGITS), models_dir=str(root / "models"), bottleneck_dir=str(root / "cache"))
+    config = RetrainConfig(
+        image_dir=str(DIGITS),
+        models_dir=str(root / "models"),
+        bottleneck_dir=str(root / "cache"),
+        export=("tflite", "saved_model", "keras"),
+    )
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         result = run(config)

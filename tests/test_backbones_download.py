@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain.backbones import BACKBONES, keras_apps, load_backbone
+from retrain.backbones import keras_apps, load_backbone, registered
 from retrain.backbones.keras_apps import WeightsDownloadError, WeightsFileError
 from retrain.backbones.tfhub import TFHubModuleError, load_tfhub_backbone
 from serve.preprocess import InputSpec
@@ -130,8 +130,8 @@ def test_registry_entries_have_the_keras_input_contract():
         "inception_v3": 299,
     }
     for name, size in expected.items():
-        assert BACKBONES[name].input_spec == InputSpec(size, size, 127.5, 127.5)
-        assert BACKBONES[name].weights_source.startswith(keras_apps.KERAS_WEIGHTS_BASE_URL)
+        assert registered(name).input_spec == InputSpec(size, size, 127.5, 127.5)
+        assert registered(name).weights_source.startswith(keras_apps.KERAS_WEIGHTS_BASE_URL)
 
 
 def test_download_from_mirror_is_cached_and_reused(server, www, small_source, monkeypatch, cache_dir):
@@ -140,9 +140,10 @@ def test_download_from_mirror_is_cached_and_reused(server, www, small_source, mo
     monkeypatch.setenv(keras_apps.BASE_URL_ENV, server.url)
 
     backbone = load_backbone("mobilenet_v3_small")
+    assert server.requests == [] and backbone.feature_dim == 576  # described without being built
+    backbone.model  # noqa: B018 (built on first use)
 
     assert server.requests == ["/" + SMALL.weights_path]
-    assert backbone.feature_dim == 576
     x = _batch(224, -1.0, 1.0)
     np.testing.assert_array_equal(np.asarray(backbone.model(x)), np.asarray(source(x)))
     cached = keras_apps.cached_weights_path(SMALL)
@@ -150,7 +151,7 @@ def test_download_from_mirror_is_cached_and_reused(server, www, small_source, mo
     assert cached.read_bytes() == legacy.read_bytes()
     assert not list(cached.parent.glob("*.part"))
 
-    again = BACKBONES["mobilenet_v3_small"].build(None)
+    again = registered("mobilenet_v3_small").build(None)
     assert len(server.requests) == 1
     np.testing.assert_array_equal(np.asarray(again(x)), np.asarray(source(x)))
 
@@ -162,7 +163,7 @@ def test_keras_own_url_enforces_keras_hash(server, www, small_source, monkeypatc
     monkeypatch.setattr(keras_apps, "KERAS_WEIGHTS_BASE_URL", server.url)
 
     with pytest.raises(WeightsDownloadError, match="hash") as info:
-        BACKBONES["mobilenet_v3_small"].build(None)
+        registered("mobilenet_v3_small").build(None)
 
     assert server.requests == ["/" + SMALL.weights_path]
     assert "\n" not in str(info.value)
@@ -174,7 +175,7 @@ def test_unreachable_mirror_gives_one_readable_line(monkeypatch):
     monkeypatch.setenv(keras_apps.BASE_URL_ENV, _closed_port_url())
 
     with pytest.raises(WeightsDownloadError) as info:
-        BACKBONES["mobilenet_v3_small"].build(None)
+        registered("mobilenet_v3_small").build(None)
 
     message = str(info.value)
     assert "\n" not in message
@@ -186,7 +187,7 @@ def test_unreachable_mirror_gives_one_readable_line(monkeypatch):
 def test_missing_file_on_mirror_is_a_readable_error(server, monkeypatch):
     monkeypatch.setenv(keras_apps.BASE_URL_ENV, server.url)
     with pytest.raises(WeightsDownloadError, match="404") as info:
-        BACKBONES["mobilenet_v3_small"].build(None)
+        registered("mobilenet_v3_small").build(None)
     assert str(info.value).count(server.url) == 1  # Keras's own wording, minus the repeated URL
 
 
@@ -195,7 +196,7 @@ def test_local_weights_file_needs_no_network(which, small_source, monkeypatch):
     source, legacy, modern = small_source
     monkeypatch.setenv(keras_apps.BASE_URL_ENV, _closed_port_url())  # any download would fail
 
-    model = BACKBONES["mobilenet_v3_small"].build(str(legacy if which == "legacy" else modern))
+    model = registered("mobilenet_v3_small").build(str(legacy if which == "legacy" else modern))
 
     x = _batch(224, -1.0, 1.0, seed=1)
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(source(x)))
@@ -204,11 +205,11 @@ def test_local_weights_file_needs_no_network(which, small_source, monkeypatch):
 def test_local_weights_file_errors(small_source, tmp_path):
     _, legacy, modern = small_source
     with pytest.raises(WeightsFileError, match="not found"):
-        BACKBONES["mobilenet_v3_small"].build(str(tmp_path / "nope.h5"))
+        registered("mobilenet_v3_small").build(str(tmp_path / "nope.h5"))
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5")
     for path in (junk, legacy, modern):
-        build = BACKBONES["mobilenet_v3_small" if path == junk else "mobilenet_v3_large"].build
+        build = registered("mobilenet_v3_small" if path == junk else "mobilenet_v3_large").build
         with pytest.raises(WeightsFileError, match="does not fit") as info:
             build(str(path))
         assert "\n" not in str(info.value)

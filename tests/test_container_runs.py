@@ -164,7 +164,10 @@ def test_retrain_image_prints_help_and_imports_every_backbone(engine: Engine, im
     """TF Hub and the Keras applications load only on request; a missing dependency of theirs
     (tensorflow-hub needs setuptools' pkg_resources) would otherwise surface only for users."""
     assert "--image_dir" in engine("run", "--rm", "retrain").stdout
-    modules = "import tensorflow_hub, retrain.backbones.tfhub, retrain.backbones.keras_apps"
+    modules = (
+        "import tensorflow_hub, retrain.backbones.tfhub, retrain.backbones.keras_apps, "
+        "retrain.backbones.efficientnet_lite0, retrain.backbones.scratch, retrain.tensorflow_export"
+    )
     engine("run", "--rm", "--entrypoint", "python", "retrain", "-c", modules)
 
 

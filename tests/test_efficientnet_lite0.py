@@ -9,6 +9,7 @@ import os
 import pickle
 import stat
 import struct
+import subprocess
 import sys
 import types
 import warnings
@@ -20,8 +21,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from retrain.backbones import BACKBONES
+from retrain.backbones import Backbone, registered
 from retrain.backbones import efficientnet_lite0 as lite0
+from retrain.errors import RetrainError
 from retrain.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
@@ -54,7 +56,7 @@ def top_model(cache_dir: Path):
 
 @pytest.fixture(scope="session")
 def feature_model(top_model):  # after top_model: reuses its converted file
-    return BACKBONES["efficientnet_lite0"].build(None)
+    return registered("efficientnet_lite0").build(None)
 
 
 @pytest.fixture(scope="session")
@@ -197,7 +199,26 @@ def test_weights_file_and_unpooled_output(cache_dir: Path, feature_model, photos
 
 
 def test_registered_with_its_input_contract() -> None:
-    assert BACKBONES["efficientnet_lite0"].input_spec == InputSpec(224, 224, 127.0, 128.0)
+    """The registry describes Lite0 without importing its Keras code; the two must agree."""
+    spec = registered("efficientnet_lite0")
+    assert spec.input_spec == lite0.INPUT_SPEC == InputSpec(224, 224, 127.0, 128.0)
+    assert spec.feature_dim == lite0.FEATURE_DIM
+
+
+def test_a_backbone_is_described_without_tensorflow_and_built_on_first_use() -> None:
+    probe = (
+        "import sys; from retrain.backbones import load_backbone; b = load_backbone(); "
+        "print(b.cache_id, b.feature_dim, b.built, 'tensorflow' in sys.modules); b.model; "
+        "print(b.built, 'tensorflow' in sys.modules)"
+    )
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    assert completed.stdout.split() == ["efficientnet_lite0@imagenet", "1280", "False", "False", "True", "True"]
+
+
+def test_a_network_wider_than_declared_is_refused() -> None:
+    backbone = Backbone("wrong", "wrong@1", InputSpec(224, 224, 127.0, 128.0), registered("pixels").build, 5)
+    with pytest.raises(RetrainError, match="computes 3072-wide features, not the declared 5"):
+        backbone.model  # noqa: B018
 
 
 @pytest.fixture

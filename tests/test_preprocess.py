@@ -86,7 +86,7 @@ def test_central_crop_is_a_square_of_the_shorter_side() -> None:
 def test_the_savedmodels_tensorflow_preprocessing_matches_pillow(data: bytes) -> None:
     import tensorflow as tf
 
-    from retrain.export import decode_and_preprocess
+    from retrain.tensorflow_export import decode_and_preprocess
 
     spec = InputSpec(224, 224, 127.0, 128.0)
     pillow = preprocess(data, spec)

@@ -21,6 +21,8 @@ import pytest
 
 from retrain.pipeline import RetrainConfig, RunResult, run
 from retrain.train import HParams
+from serve.preprocess import InputSpec, preprocess
+from serve.runtime import Runner
 
 from .conftest import DIGITS, REPO, copy_digits, jpeg_bytes
 
@@ -57,7 +59,60 @@ def test_export_layout_model_json_and_latest_link(digits_run) -> None:
     assert info["metrics"]["test_accuracy"] == result.test_accuracy
     assert info["counts"]["skipped_images"] == 0 and sum(info["counts"]["per_class"].values()) == 1797
     assert info["flags"]["how_many_training_steps"] == 4000 and info["versions"]["tensorflow"]
+    assert info["files"] == {
+        "tflite": "model.tflite", "labels": "labels.txt", "saved_model": "saved_model", "keras": "model.keras"
+    }  # fmt: skip
     assert not [p for p in export.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+# Runs `retrain` with the given flags, then says which heavy modules the process had loaded.
+RETRAIN_AND_LIST_MODULES = """
+import atexit, sys
+heavy = ("tensorflow", "keras", "tensorflow_hub")
+atexit.register(lambda: print("LOADED", sorted(m for m in heavy if m in sys.modules)))
+from retrain.cli import entry_point
+entry_point(sys.argv[1:])
+"""
+
+
+def test_a_rerun_on_cached_bottlenecks_never_imports_tensorflow(digits_run, tmp_path: Path) -> None:
+    """Every vector cached and the feature model converted: the head trains in numpy and model.tflite
+    is the feature model with the head appended. Same seed, same vectors: the same model as the
+    first run's, within float rounding (scores to 1e-6)."""
+    result, _, root = digits_run
+    args = ["--image_dir", str(DIGITS), "--bottleneck_dir", str(root / "cache"), "--output_dir", str(tmp_path / "m")]
+    completed = subprocess.run(
+        [sys.executable, "-c", RETRAIN_AND_LIST_MODULES, *args], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.rstrip().endswith("LOADED []")
+    assert completed.stderr == ""
+    assert f"Final test accuracy = {result.test_accuracy * 100:.1f}% (N={result.test_count})" in completed.stdout
+    export = tmp_path / "m"
+    assert {p.name for p in export.iterdir()} == {
+        "labels.txt", "model.json", "model.tflite", "confusion_matrix.png", "training_curves.png"
+    }  # fmt: skip
+    files = json.loads((export / "model.json").read_text())["files"]
+    assert files == {"tflite": "model.tflite", "labels": "labels.txt"}
+    paths, _ = _test_images(result)
+    spec = InputSpec(224, 224, 127.0, 128.0)
+    pixels = np.stack([preprocess(p.read_bytes(), spec) for p in paths[:32]])
+    scores = [Runner(e / "model.tflite", threads=2).scores(pixels) for e in (export, result.output_dir)]
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-6)
+
+
+def test_saved_model_dir_asks_for_the_saved_model(digits_run, tmp_path: Path) -> None:
+    _, _, root = digits_run
+    completed = retrain_cli(
+        "--image_dir", str(DIGITS), "--bottleneck_dir", str(root / "cache"), "--output_dir", str(tmp_path / "m"),
+        "--how_many_training_steps", "20", "--saved_model_dir", str(tmp_path / "serving" / "1"),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "m" / "saved_model" / "saved_model.pb").is_file()
+    assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
+    assert not (tmp_path / "m" / "model.keras").exists()
+    files = json.loads((tmp_path / "m" / "model.json").read_text())["files"]
+    assert files == {"tflite": "model.tflite", "labels": "labels.txt", "saved_model": "saved_model"}
 
 
 def _test_images(result: RunResult) -> tuple[list[Path], np.ndarray]:
@@ -80,8 +135,6 @@ def _test_images(result: RunResult) -> tuple[list[Path], np.ndarray]:
 def test_tflite_and_savedmodel_agree_with_the_in_process_model(digits_run) -> None:
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
-
-    from serve.preprocess import InputSpec, preprocess
 
     result, _, _ = digits_run
     paths, expected = _test_images(result)
@@ -205,6 +258,7 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "bad-flag-value": (["--image_dir", str(digits), "--how_many_training_steps", "0"], "how_many_training_steps"),
         "unknown-architecture": (["--image_dir", str(digits), "--architecture", "alexnet"], "unknown --architecture"),
+        "unknown-export": (["--image_dir", str(digits), "--export", "tflite,onnx"], "unknown --export format 'onnx'"),
     }
 
 
@@ -219,6 +273,7 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "bottleneck-dir-is-a-file",
         "bad-flag-value",
         "unknown-architecture",
+        "unknown-export",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case: str, tmp_path: Path) -> None:

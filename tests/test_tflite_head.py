@@ -11,9 +11,9 @@ import pytest
 
 from retrain.backbones import load_backbone
 from retrain.feature_models import cached_feature_model
-from retrain.heads import SoftmaxHead
+from retrain.heads import SoftmaxHead, fit_prototypes
 from retrain.runtimes.litert import LiteRTRuntime
-from retrain.tflite_head import SIGNATURE, append_softmax_head
+from retrain.tflite_head import SIGNATURE, append_head, append_softmax_head
 from serve.preprocess import preprocess
 from serve.runtime import Runner
 
@@ -60,18 +60,35 @@ def test_composed_scores_equal_the_head_on_litert_features(feature_model: Path, 
     assert scores.max(axis=1).min() > 0.2 and np.allclose(scores.sum(axis=1), 1, atol=1e-5)
 
 
-def test_composed_model_equals_tensorflows_conversion_of_backbone_and_head(
-    backbone, feature_model: Path, pixels, tmp_path: Path
-) -> None:
-    from retrain.export import convert_to_tflite, save_classifier
+def _prototype_head(feature_model: Path, pixels: np.ndarray):
+    """Prototypes of the 12 images in 3 made-up classes, so each class mixes digits and photos."""
+    labels = np.arange(len(pixels)) % 3
+    return fit_prototypes(LiteRTRuntime(feature_model)(pixels), labels, 3)
 
-    head = _head(0, classes=3, seed=1)
+
+@pytest.mark.parametrize("kind", ["softmax", "prototype"])
+def test_composed_model_equals_tensorflows_conversion_of_backbone_and_head(
+    backbone, feature_model: Path, pixels, tmp_path: Path, kind: str
+) -> None:
+    from retrain.tensorflow_export import convert_to_tflite, save_classifier
+
+    head = _head(0, classes=3, seed=1) if kind == "softmax" else _prototype_head(feature_model, pixels)
     save_classifier(tmp_path / "saved_model", backbone, head, ["a", "b", "c"])
     reference = tmp_path / "reference.tflite"
     reference.write_bytes(convert_to_tflite(tmp_path / "saved_model"))
     composed = tmp_path / "composed.tflite"
-    composed.write_bytes(append_softmax_head(feature_model.read_bytes(), head.layers))
+    composed.write_bytes(append_head(feature_model.read_bytes(), head))
     np.testing.assert_allclose(Runner(composed, 2).scores(pixels), Runner(reference, 2).scores(pixels), atol=1e-5)
+
+
+def test_composed_prototype_head_scores_as_the_head_on_litert_features(feature_model: Path, pixels, tmp_path) -> None:
+    head = _prototype_head(feature_model, pixels)
+    path = tmp_path / "model.tflite"
+    path.write_bytes(append_head(feature_model.read_bytes(), head))
+    expected = head.probabilities(LiteRTRuntime(feature_model)(pixels))
+    # LiteRT normalises in float32 and the similarities are scaled by 10: ~1e-6 apart from numpy's float64.
+    np.testing.assert_allclose(Runner(path, threads=2).scores(pixels), expected, atol=1e-5)
+    assert len(set(expected.argmax(axis=1).tolist())) > 1  # not a degenerate head
 
 
 def test_the_signature_is_the_one_serve_runs(feature_model: Path) -> None:

@@ -49,13 +49,13 @@ def few(root: Path) -> Path:
 
 
 def retrain(root: Path, name: str, *args: str) -> tuple[str, Path]:
-    """The `retrain` command in this process (TensorFlow loads once); returns its log and export."""
+    """The `retrain` command in this process (TensorFlow loads once); returns its log and export.
+    Exports include model.keras, the file `--base_model` reads."""
     output = root / "models" / name
     log = io.StringIO()
+    flags = ["--output_dir", str(output), "--bottleneck_dir", str(root / "cache"), "--export", "tflite,keras"]
     with contextlib.redirect_stdout(log):
-        main.main(
-            args=[*args, "--output_dir", str(output), "--bottleneck_dir", str(root / "cache")], standalone_mode=False
-        )
+        main.main(args=[*args, *flags], standalone_mode=False)
     return log.getvalue(), output
 
 

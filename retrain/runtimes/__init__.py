@@ -22,10 +22,12 @@ import numpy as np
 
 from retrain.backbones import Backbone
 from retrain.errors import RetrainError
+from retrain.quiet import import_tensorflow_quietly
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "litert", "tensorflow")
+GPU_DEVICE_NODES = ("nvidia[0-9]*", "dxg")  # NVIDIA's driver; WSL's GPU paravirtualisation
 
 
 class FeatureRuntime(Protocol):
@@ -45,9 +47,7 @@ def open_runtime(
     if choice == "auto" and _tensorflow_sees_a_gpu():
         choice = "tensorflow"
     if choice == "tensorflow":
-        from retrain.runtimes.tensorflow import TensorFlowRuntime
-
-        return TensorFlowRuntime(backbone)
+        return _tensorflow_runtime(backbone)
     from retrain.feature_models import ConversionError, cached_feature_model
     from retrain.runtimes.litert import LiteRTRuntime
 
@@ -62,12 +62,21 @@ def open_runtime(
         if choice == "litert":
             raise RetrainError(f"--runtime litert: {backbone.cache_id} does not convert to TFLite: {e}") from e
         log.warning("%s does not convert to TFLite (%s); computing bottlenecks with TensorFlow", backbone.cache_id, e)
-        from retrain.runtimes.tensorflow import TensorFlowRuntime
+        return _tensorflow_runtime(backbone)
 
-        return TensorFlowRuntime(backbone)
+
+def _tensorflow_runtime(backbone: Backbone) -> FeatureRuntime:
+    import_tensorflow_quietly()
+    from retrain.runtimes.tensorflow import TensorFlowRuntime
+
+    return TensorFlowRuntime(backbone)
 
 
 def _tensorflow_sees_a_gpu() -> bool:
+    """Asks TensorFlow only where a GPU's device node exists: importing it costs seconds."""
+    if not any(Path("/dev").glob(pattern) for pattern in GPU_DEVICE_NODES):
+        return False
+    import_tensorflow_quietly()
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))

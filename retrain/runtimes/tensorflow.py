@@ -16,7 +16,8 @@ class TensorFlowRuntime:
     def __init__(self, backbone: Backbone):
         spec = backbone.input_spec
         signature = [tf.TensorSpec([None, spec.height, spec.width, 3], tf.float32)]
-        self._forward = tf.function(lambda images: backbone.model(images), input_signature=signature)
+        model = backbone.model  # built here, eagerly: building inside the trace would not load its weights
+        self._forward = tf.function(lambda images: model(images), input_signature=signature)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return self._forward(tf.constant(pixels)).numpy()
