@@ -60,7 +60,7 @@ class Run:
 
     @property
     def extraction_seconds(self) -> float | None:
-        return self.printed_seconds(r"^Bottlenecks: .* in ([0-9.]+)s")
+        return self.printed_seconds(r"(?m)^Bottlenecks: .* in ([0-9.]+)s")
 
     @property
     def accuracy(self) -> str:

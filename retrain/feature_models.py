@@ -1,9 +1,12 @@
 """A backbone converted to a TFLite feature model once, and kept like a bottleneck.
 
-The conversion (several seconds of TensorFlow's converter) happens the first time a backbone has
-images to compute; afterwards its `.tflite` file is read from the cache. The key names the exact
-network and weights (the backbone's cache id) and the converter that produced it (TensorFlow's
-version), so a new converter never reuses an old conversion. Files are written atomically.
+The conversion happens the first time a backbone has images to compute; afterwards its `.tflite`
+file is read from the cache. The default backbone, Lite0 with its ImageNet weights, is written by
+retrain's own numpy builder (`retrain.backbones.efficientnet_lite0_tflite`: 0.1 s, no TensorFlow);
+any other goes through TensorFlow's converter (seconds, and TensorFlow's ~1 GB). The key names
+the exact network and weights (the backbone's cache id) and what made the file (the builder's
+version, or TensorFlow's), so a new converter never reuses an old conversion. Files are written
+atomically.
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ OUTPUT_NAME = "features"
 FORMAT_VERSION = 1  # of what is converted: the signature's names and shapes
 PREBUILT_ENV = "RETRAIN_FEATURE_MODELS_DIR"
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tf-nightly")
+# Backbones whose feature model retrain writes itself, in numpy (cache id -> the builder's version).
+BUILT_WITHOUT_TENSORFLOW = {"efficientnet_lite0@imagenet": "efficientnet_lite0_tflite-1"}
 
 
 class ConversionError(Exception):
     """The TFLite converter rejected the backbone."""
 
 
-def feature_model_name(backbone: Backbone, converter_version: str) -> str:
-    """The file name of the backbone's feature model as that converter version makes it."""
-    salt = f"{backbone.cache_id}|converter-{converter_version}|format-{FORMAT_VERSION}"
+def feature_model_name(backbone: Backbone) -> str:
+    """The file name of the backbone's feature model, named by what makes it (`maker`)."""
+    salt = f"{backbone.cache_id}|{maker(backbone)}|format-{FORMAT_VERSION}"
     digest = hashlib.sha256(salt.encode()).hexdigest()[:16]
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.cache_id)[:60]
     return f"{readable}-{digest}.tflite"
@@ -46,7 +51,7 @@ def cached_feature_model(backbone: Backbone, cache_root: Path, reconvert: bool =
     time, e.g. into a container image; may be read-only), else from `feature_models/` beside the
     bottlenecks in `cache_root`, converted there now if missing (or `reconvert`, for an entry found
     unreadable). ConversionError if the converter rejects the network."""
-    name = feature_model_name(backbone, converter_version())
+    name = feature_model_name(backbone)
     prebuilt = os.environ.get(PREBUILT_ENV)
     if prebuilt and not reconvert and (Path(prebuilt) / name).is_file():
         return Path(prebuilt) / name
@@ -60,9 +65,17 @@ def cached_feature_model(backbone: Backbone, cache_root: Path, reconvert: bool =
 def save_prebuilt(backbone: Backbone, folder: Path) -> Path:
     """Converts the backbone into `folder` under the name `cached_feature_model` looks for in
     `$RETRAIN_FEATURE_MODELS_DIR` (a container build, a test session); returns the file."""
-    path = Path(folder) / feature_model_name(backbone, converter_version())
+    path = Path(folder) / feature_model_name(backbone)
     save_feature_model(backbone, path)
     return path
+
+
+def maker(backbone: Backbone) -> str:
+    """What writes the backbone's feature model: retrain's own builder (no TensorFlow) for Lite0's
+    ImageNet weights, else TensorFlow's converter, by version."""
+    if backbone.cache_id in BUILT_WITHOUT_TENSORFLOW:
+        return BUILT_WITHOUT_TENSORFLOW[backbone.cache_id]
+    return f"converter-{converter_version()}"
 
 
 def converter_version() -> str:
@@ -80,8 +93,13 @@ def converter_version() -> str:
 
 
 def save_feature_model(backbone: Backbone, path: Path) -> None:
-    """Converts the backbone and writes it to `path` atomically."""
-    data = convert(backbone)
+    """Builds or converts the backbone's feature model and writes it to `path` atomically."""
+    if backbone.cache_id in BUILT_WITHOUT_TENSORFLOW:
+        from retrain.backbones.efficientnet_lite0_tflite import feature_model_bytes
+
+        data = feature_model_bytes()
+    else:
+        data = convert(backbone)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as temporary:
         temporary.write_bytes(data)

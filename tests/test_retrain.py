@@ -101,6 +101,24 @@ def test_a_rerun_on_cached_bottlenecks_never_imports_tensorflow(digits_run, tmp_
     np.testing.assert_allclose(scores[0], scores[1], atol=1e-6)
 
 
+def test_a_very_first_run_never_imports_tensorflow_either(tmp_path: Path) -> None:
+    """No cache and nothing converted ahead of time: the default backbone's feature model is written
+    by retrain's own builder, the vectors come from LiteRT, and the export is composed."""
+    images = copy_digits(tmp_path / "images", ["1", "4", "7"], per_class=15)
+    args = ["--image_dir", str(images), "--bottleneck_dir", str(tmp_path / "cache")]
+    args += ["--output_dir", str(tmp_path / "m")]
+    env = {k: v for k, v in os.environ.items() if k != "RETRAIN_FEATURE_MODELS_DIR"}
+    completed = subprocess.run(
+        [sys.executable, "-c", RETRAIN_AND_LIST_MODULES, *args, "--how_many_training_steps", "200"],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.rstrip().endswith("LOADED []")
+    assert "45 computed" in completed.stdout and "with LiteRT" in completed.stdout
+    assert len(list((tmp_path / "cache" / "feature_models").glob("*.tflite"))) == 1
+    assert (tmp_path / "m" / "model.tflite").is_file()
+
+
 def test_saved_model_dir_asks_for_the_saved_model(digits_run, tmp_path: Path) -> None:
     _, _, root = digits_run
     completed = retrain_cli(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from retrain import feature_models
-from retrain.backbones import load_backbone
+from retrain.backbones import Backbone, load_backbone
 from retrain.errors import RetrainError
 from retrain.runtimes import open_runtime
 from serve.preprocess import preprocess
@@ -45,9 +45,16 @@ def test_litert_vectors_equal_tensorflows_within_tolerance(backbone, pixels, tmp
     assert np.abs(expected).max() > 1.0  # a real signal, not zeros compared with zeros
 
 
+@pytest.fixture(scope="module")
+def converted() -> Backbone:
+    """A backbone that goes through TensorFlow's converter (Lite0 has a builder of its own)."""
+    return load_backbone("pixels", image_size=16)
+
+
 def test_the_feature_model_is_converted_once_then_read_from_the_cache(
-    backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    backbone = converted
     monkeypatch.delenv("RETRAIN_FEATURE_MODELS_DIR")  # nothing converted ahead of time
     conversions = []
     convert = feature_models.convert
@@ -60,10 +67,22 @@ def test_the_feature_model_is_converted_once_then_read_from_the_cache(
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left behind
 
 
-def test_the_key_names_the_network_and_the_converter(backbone) -> None:
+def test_the_key_names_the_network_and_what_made_it(
+    backbone, converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name = feature_models.feature_model_name
-    assert name(backbone, "2.21.0") != name(backbone, "2.22.0")
-    assert name(backbone, "2.21.0") != name(load_backbone("pixels", image_size=16), "2.21.0")
+    before = {b.cache_id: name(b) for b in (backbone, converted)}
+    assert len(set(before.values())) == 2
+    monkeypatch.setattr(feature_models, "converter_version", lambda: "99.0.0")
+    assert name(converted) != before[converted.cache_id]  # a new converter converts again
+    assert name(backbone) == before[backbone.cache_id]  # Lite0's own builder does not depend on TensorFlow
+
+
+def test_the_default_backbone_is_built_without_tensorflow(backbone, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("RETRAIN_FEATURE_MODELS_DIR")
+    monkeypatch.setattr(feature_models, "convert", lambda b: pytest.fail("Lite0 went through the converter"))
+    path = feature_models.cached_feature_model(backbone, tmp_path)
+    assert path.parent == tmp_path / "feature_models" and path.stat().st_size > 10_000_000
 
 
 def test_a_prebuilt_model_is_used_and_never_written(backbone, tmp_path: Path, prebuilt_feature_models: Path) -> None:
@@ -77,7 +96,7 @@ def test_a_damaged_cached_model_is_converted_again(
     backbone, pixels, tmp_path: Path, prebuilt_feature_models: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
     monkeypatch.delenv("RETRAIN_FEATURE_MODELS_DIR")
-    name = feature_models.feature_model_name(backbone, _tensorflow_version())
+    name = feature_models.feature_model_name(backbone)
     path = tmp_path / "feature_models" / name
     path.parent.mkdir()
     good = (prebuilt_feature_models / name).read_bytes()
@@ -92,8 +111,9 @@ def test_a_damaged_cached_model_is_converted_again(
 
 
 def test_a_backbone_the_converter_rejects_falls_back_to_tensorflow(
-    backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+    converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
+    backbone = converted
     """The converter is made to refuse (no backbone here is refused for real); the fallback is real."""
 
     def refuse(_):

@@ -74,7 +74,7 @@ def _tensorflow_runtime(backbone: Backbone) -> FeatureRuntime:
 
 def _tensorflow_sees_a_gpu() -> bool:
     """Asks TensorFlow only where a GPU's device node exists: importing it costs seconds."""
-    if not any(Path("/dev").glob(pattern) for pattern in GPU_DEVICE_NODES):
+    if not any(node for pattern in GPU_DEVICE_NODES for node in Path("/dev").glob(pattern)):
         return False
     import_tensorflow_quietly()
     import tensorflow as tf
