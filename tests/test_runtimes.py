@@ -4,6 +4,8 @@ converted once and cached; `auto` falls back to TensorFlow for a backbone that w
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,11 @@ def _tensorflow_version() -> str:
     import tensorflow as tf
 
     return tf.__version__
+
+
+@pytest.mark.skipif(bool(list(Path("/dev").glob("nvidia[0-9]*"))), reason="this machine has an NVIDIA GPU")
+def test_auto_asks_tensorflow_about_gpus_only_where_a_gpu_device_exists() -> None:
+    probe = "import sys; from retrain.runtimes import _tensorflow_sees_a_gpu as f; "
+    probe += "print(f(), 'tensorflow' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert completed.stdout.split() == ["False", "False"]
