@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serve.preprocess import InputSpec, preprocess
+
 if TYPE_CHECKING:
     from retrain.pipeline import RunResult
 
@@ -52,6 +54,14 @@ def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+def digits_and_photos(spec: InputSpec) -> np.ndarray:
+    """Ten real digits (one per class) and two photo-like JPEGs, preprocessed as retrain does: the
+    images on which runtimes and builders of the same network are compared."""
+    digits = [sorted((DIGITS / str(label)).glob("*.png"))[0].read_bytes() for label in range(10)]
+    photos = [jpeg_bytes(640, 480, seed=seed) for seed in (1, 2)]
+    return np.stack([preprocess(data, spec) for data in digits + photos])
 
 
 @pytest.fixture

@@ -16,10 +16,9 @@ from retrain.backbones import load_backbone
 from retrain.heads import SoftmaxHead
 from retrain.runtimes.litert import LiteRTRuntime
 from retrain.tflite_head import append_head
-from serve.preprocess import preprocess
 from serve.runtime import Runner
 
-from .conftest import DIGITS, REPO, jpeg_bytes
+from .conftest import REPO, digits_and_photos
 
 # As tests/test_runtimes.py holds LiteRT to TensorFlow: the features are ReLU6 outputs averaged over
 # 49 positions, up to ~6; float operations ordered differently, and folded batch norms rounded
@@ -35,10 +34,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def pixels(backbone) -> np.ndarray:
-    """Ten real digits and two photo-like JPEGs, preprocessed as retrain does."""
-    digits = [sorted((DIGITS / str(label)).glob("*.png"))[0].read_bytes() for label in range(10)]
-    photos = [jpeg_bytes(640, 480, seed=seed) for seed in (1, 2)]
-    return np.stack([preprocess(data, backbone.input_spec) for data in digits + photos])
+    return digits_and_photos(backbone.input_spec)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ from retrain import feature_models
 from retrain.backbones import Backbone, load_backbone
 from retrain.errors import RetrainError
 from retrain.runtimes import open_runtime
-from serve.preprocess import preprocess
 
-from .conftest import DIGITS, jpeg_bytes
+from .conftest import digits_and_photos
 
 # LiteRT (XNNPACK) and TensorFlow order float operations differently; the features are ReLU6
 # outputs averaged over 49 positions, of magnitude up to ~6. Measured differences: under 2e-5.
@@ -31,10 +30,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def pixels(backbone) -> np.ndarray:
-    """Ten real digits and two photo-like JPEGs, preprocessed as retrain does."""
-    digits = [sorted((DIGITS / str(label)).glob("*.png"))[0].read_bytes() for label in range(10)]
-    photos = [jpeg_bytes(640, 480, seed=seed) for seed in (1, 2)]
-    return np.stack([preprocess(data, backbone.input_spec) for data in digits + photos])
+    return digits_and_photos(backbone.input_spec)
 
 
 def test_litert_vectors_equal_tensorflows_within_tolerance(backbone, pixels, tmp_path: Path) -> None:
