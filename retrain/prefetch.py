@@ -5,7 +5,7 @@
 
 Weights land in `retrain.paths.weights_cache_dir()` (`$RETRAIN_WEIGHTS_DIR` if set), where later
 runs find them without a download or conversion. With `$RETRAIN_FEATURE_MODELS_DIR` set, each
-backbone's TFLite feature model (what extraction runs on a CPU) is converted into it as well.
+backbone's TFLite feature model (what extraction runs on a CPU) is written into it as well.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def prefetch(architectures: list[str]) -> None:
     feature_models = os.environ.get(PREBUILT_ENV)
     for architecture in architectures:
         backbone = load_backbone(architecture)
+        backbone.model  # noqa: B018 (building it downloads or converts the weights)
         print(f"{backbone.name}: weights ready in {weights_cache_dir()}")
         if feature_models:
             save_prebuilt(backbone, Path(feature_models))

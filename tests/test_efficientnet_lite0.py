@@ -327,3 +327,15 @@ def test_converted_weights_are_readable_by_other_users(counted_conversions: list
     finally:
         os.umask(previous)
     assert stat.S_IMODE(lite0.imagenet_weights_path().stat().st_mode) == 0o644
+
+
+def test_prefetch_converts_the_weights_and_writes_the_feature_model(tmp_path: Path) -> None:
+    """What the retrain image's build runs: afterwards a run converts and downloads nothing."""
+    env = {**os.environ, "RETRAIN_WEIGHTS_DIR": str(tmp_path / "weights")}
+    env["RETRAIN_FEATURE_MODELS_DIR"] = str(tmp_path / "feature_models")
+    completed = subprocess.run(
+        [sys.executable, "-m", "retrain.prefetch"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "weights" / lite0.WEIGHTS_FILE_NAME).is_file()
+    assert len(list((tmp_path / "feature_models").glob("efficientnet_lite0_imagenet-*.tflite"))) == 1
