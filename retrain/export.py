@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,7 +68,6 @@ def export_model(
     info: ModelInfo,
     formats: Collection[str] = DEFAULT_EXPORT,
     update_latest: bool = False,
-    write_reports: Callable[[Path], None] | None = None,
     feature_model: Path | None = None,
 ) -> Path:
     """Writes the export atomically and returns its path; with `update_latest`, repoints `<parent>/latest`.
@@ -76,8 +75,8 @@ def export_model(
     `formats` adds `saved_model` and `keras` to model.tflite. `feature_model`, the backbone's
     converted TFLite feature model (when the backbone is exactly the one exported, not
     fine-tuned), makes model.tflite by appending the head to it instead of converting the whole
-    network with TensorFlow. `write_reports(folder)` adds the report files (plots) beside
-    model.json before the rename.
+    network with TensorFlow. Report plots are not part of it: the run draws them into the
+    finished export afterwards, each file written atomically.
     """
     target = Path(output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +84,6 @@ def export_model(
     staging.mkdir()  # unlike mkdtemp, keeps the umask's permissions: an export is meant to be shared
     try:
         written = _write_models(staging, backbone, head, info.labels, formats, feature_model)
-        if write_reports:
-            write_reports(staging)
         replace(info, files={**info.files, **written}).write(staging)
         _move_into_place(staging, target)
     except BaseException:

@@ -184,14 +184,19 @@ def run(config: RetrainConfig) -> RunResult:
         info,
         formats=formats,
         update_latest=config.output_dir is None,
-        write_reports=lambda folder: _write_plots(folder, trained, evaluation, image_set.labels),
         feature_model=None if trained.end_to_end else _feature_model(backbone, bottleneck_dir),
     )
+    export_seconds = time.monotonic() - export_started
     if config.saved_model_dir:
         shutil.copytree(exported / SAVED_MODEL_DIR, config.saved_model_dir, dirs_exist_ok=True)
     if config.output_labels:
         shutil.copyfile(exported / LABELS_TXT, config.output_labels)
-    report.exported(exported, time.monotonic() - export_started, time.monotonic() - started)
+    plots_started = time.monotonic()
+    try:  # into the finished export, file by file: the model is in place whatever happens here
+        _write_plots(exported, trained, evaluation, image_set.labels)
+    except Exception as e:  # matplotlib, fonts, a full disk: worth a warning, not the model
+        log.warning("the report plots could not be drawn (%s: %s); the model is exported", type(e).__name__, e)
+    report.exported(exported, export_seconds, time.monotonic() - plots_started, time.monotonic() - started)
     return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
 
 

@@ -150,6 +150,9 @@ def exporting(output_dir: Path, formats: Collection[str]) -> None:
     _say(f"Exporting to {output_dir}{slow}...")
 
 
-def exported(output_dir: Path, export_seconds: float, total_seconds: float) -> None:
+def exported(output_dir: Path, export_seconds: float, plot_seconds: float, total_seconds: float) -> None:
     files = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir()))
-    _say(f"Exported model to {output_dir} ({files}) in {export_seconds:.1f}s; {total_seconds:.1f}s total.")
+    _say(
+        f"Exported model to {output_dir} ({files}) in {export_seconds:.2f}s, plots in {plot_seconds:.1f}s; "
+        f"{total_seconds:.1f}s total."
+    )

@@ -96,3 +96,29 @@ def test_training_curves_without_validation_draw_only_training() -> None:
     figure = plots.training_curves_figure([0, 10, 20], [0.5, 0.7, 0.9], [None] * 3, [1.0, 0.6, 0.3], [None] * 3)
     for axes in figure.axes:
         assert [line.get_label() for line in axes.lines if not line.get_label().startswith("_")] == ["train"]
+
+
+def test_plots_that_fail_cost_a_warning_not_the_model(
+    tiny_digits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The plots are drawn into the finished export; when drawing fails the export stays whole."""
+    import contextlib
+    import io
+
+    from retrain.pipeline import RetrainConfig, run
+    from retrain.train import HParams
+
+    def full_disk(*args, **kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "save_png", full_disk)
+    config = RetrainConfig(
+        image_dir=str(tiny_digits),
+        output_dir=str(tmp_path / "model"),
+        bottleneck_dir=str(tmp_path / "cache"),
+        hparams=HParams(how_many_training_steps=20),
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = run(config)
+    assert "report plots could not be drawn (OSError" in caplog.text
+    assert {p.name for p in result.output_dir.iterdir()} == {"labels.txt", "model.json", "model.tflite"}
