@@ -57,7 +57,7 @@ def cached_feature_model(backbone: Backbone, cache_root: Path, reconvert: bool =
         return Path(prebuilt) / name
     path = Path(cache_root) / FEATURE_MODELS_DIR / name
     if reconvert or not path.is_file():
-        log.info("converting %s to a TFLite feature model (once; cached in %s)", backbone.cache_id, path.parent)
+        log.info("making the TFLite feature model of %s (once; cached in %s)", backbone.cache_id, path.parent)
         save_feature_model(backbone, path)
     return path
 
