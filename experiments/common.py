@@ -54,6 +54,7 @@ def retrain(args: list[str], output: Path, cache: Path) -> Run:
     from retrain.cli import main
 
     full = [*map(str, args), "--output_dir", str(output), "--bottleneck_dir", str(cache)]
+    full += ["--export", "tflite,keras"]  # model.keras: later runs use some exports as --base_model
     log = io.StringIO()
     started = time.monotonic()
     with contextlib.redirect_stdout(log):
