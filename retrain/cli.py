@@ -63,10 +63,29 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
 )
 @click.option(
     "--learning_rate",
-    default=0.01,
-    show_default=True,
     type=click.FloatRange(min=0, min_open=True),
-    help="Gradient descent step size.",
+    help="Step size of the head's training.  [default: 0.001 with adam, 0.01 with sgd]",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "sgd"]),
+    default="adam",
+    show_default=True,
+    help="The head's step rule: Adam, or retrain.py's plain gradient descent.",
+)
+@click.option(
+    "--l2_regularizer",
+    default=0.001,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="L2 penalty on the head's weights.",
+)
+@click.option(
+    "--standardize/--no_standardize",
+    default=True,
+    show_default=True,
+    help="Train the head on bottlenecks scaled to zero mean and unit variance (training-set statistics, "
+    "folded into the exported layer).",
 )
 @click.option(
     "--testing_percentage",
@@ -147,8 +166,10 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
 )
 @click.option(
     "--fine_tune_learning_rate",
+    default=0.001,
+    show_default=True,
     type=click.FloatRange(min=0, min_open=True),
-    help="Fine-tuning step size (SGD, momentum 0.9).  [default: --learning_rate / 10]",
+    help="Fine-tuning step size (SGD, momentum 0.9).",
 )
 @click.option("--flip_left_right", is_flag=True, help="Augment: mirror training images at random.")
 @click.option(

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 HEADS = ("softmax", "prototype")
 FINE_TUNE_STEPS = 500
+FINE_TUNE_LEARNING_RATE = 0.001  # SGD with momentum 0.9, through the top of the backbone
+SCRATCH_LEARNING_RATE = 0.01  # SGD with momentum 0.9, a backbone and head trained from scratch
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class RetrainConfig:
     head: str = "softmax"
     fine_tune_layers: int = 0
     fine_tune_steps: int = FINE_TUNE_STEPS
-    fine_tune_learning_rate: float | None = None  # None: a tenth of the head's learning rate
+    fine_tune_learning_rate: float = FINE_TUNE_LEARNING_RATE
     train_fraction: float | None = None
     train_images_per_class: int | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -255,7 +257,7 @@ def _train_on_bottlenecks(
     from retrain.finetune import features_of, train_end_to_end
 
     hparams = config.hparams
-    learning_rate = config.fine_tune_learning_rate or hparams.learning_rate / 10
+    learning_rate = config.fine_tune_learning_rate
     _, fitted = accuracy_and_cross_entropy(head.probabilities(train.features), train.labels)
     report.fine_tuning(config.fine_tune_layers, config.fine_tune_steps, learning_rate, fitted)
     head_seconds = time.monotonic() - started
@@ -310,7 +312,7 @@ def _train_from_scratch(config: RetrainConfig, image_set: ImageSet, backbone: Ba
         pixels["validation"],
         None,
         hparams.how_many_training_steps,
-        hparams.learning_rate,
+        hparams.learning_rate or SCRATCH_LEARNING_RATE,
         hparams,
         on_eval=report.eval_step,
     )
