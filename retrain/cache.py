@@ -65,3 +65,39 @@ class BottleneckCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path) as temporary, temporary.open("wb") as f:
             np.save(f, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+
+
+class TapCache:
+    """The bottlenecks of a backbone with several taps, each tap in a BottleneckCache of its own.
+
+    Looks like one cache to the extraction: `key` is the image's content digest, `get` joins the
+    taps' vectors (None if any is missing) and `put` splits a vector among them. Feature sets that
+    share a tap share its entries; the final layer's are the ones a run without taps wrote.
+    """
+
+    def __init__(self, root: str | Path, taps: list[tuple[str, int]]):
+        self.parts = [BottleneckCache(root, cache_id, width) for cache_id, width in taps]
+        self.root = self.parts[0].root
+        self.directory = self.parts[0].directory
+        self.feature_dim = sum(part.feature_dim for part in self.parts)
+        self._bounds = np.cumsum([0] + [part.feature_dim for part in self.parts])
+
+    def key(self, digest: str) -> str:
+        return digest
+
+    def get(self, key: str) -> np.ndarray | None:
+        vectors = [part.get(part.key(key)) for part in self.parts]
+        if any(vector is None for vector in vectors):
+            return None
+        return np.concatenate(vectors)
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        for part, start, end in zip(self.parts, self._bounds[:-1], self._bounds[1:], strict=True):
+            part.put(part.key(key), vector[start:end])
+
+
+def bottleneck_cache(root: str | Path, taps: list[tuple[str, int]]) -> BottleneckCache | TapCache:
+    """One BottleneckCache for a single tap (or an untapped backbone), a TapCache for several."""
+    if len(taps) == 1:
+        return BottleneckCache(root, *taps[0])
+    return TapCache(root, taps)

@@ -125,6 +125,14 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
     help="What computes bottlenecks: LiteRT on the CPU (the backbone converted once, cached), or TensorFlow; "
     "auto picks TensorFlow where it sees a GPU, else LiteRT.",
 )
+@click.option(
+    "--bottleneck_layers",
+    default="auto",
+    show_default=True,
+    help="Which layers the bottlenecks come from: final (the last layer, averaged), middle (a middle layer on a "
+    "2x2 grid: strokes and where they are), final+middle, or auto: each scored on the validation split (or by "
+    "cross-validation) and the best kept. Backbones other than efficientnet_lite0 offer final only.",
+)
 @click.option("--print_misclassified_test_images", is_flag=True, help="List the test images the model gets wrong.")
 @click.option("--summaries_dir", help="Write TensorBoard scalars here.")
 @click.option(

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from retrain.backbones import Backbone
+from retrain.backbones.taps import base_cache_id
 from retrain.files import replacing
 from retrain.quiet import import_tensorflow_quietly
 
@@ -73,8 +74,8 @@ def save_prebuilt(backbone: Backbone, folder: Path) -> Path:
 def maker(backbone: Backbone) -> str:
     """What writes the backbone's feature model: retrain's own builder (no TensorFlow) for Lite0's
     ImageNet weights, else TensorFlow's converter, by version."""
-    if backbone.cache_id in BUILT_WITHOUT_TENSORFLOW:
-        return BUILT_WITHOUT_TENSORFLOW[backbone.cache_id]
+    if base_cache_id(backbone) in BUILT_WITHOUT_TENSORFLOW:
+        return BUILT_WITHOUT_TENSORFLOW[base_cache_id(backbone)]
     return f"converter-{converter_version()}"
 
 
@@ -94,10 +95,10 @@ def converter_version() -> str:
 
 def save_feature_model(backbone: Backbone, path: Path) -> None:
     """Builds or converts the backbone's feature model and writes it to `path` atomically."""
-    if backbone.cache_id in BUILT_WITHOUT_TENSORFLOW:
-        from retrain.backbones.efficientnet_lite0_tflite import feature_model_bytes
+    if base_cache_id(backbone) in BUILT_WITHOUT_TENSORFLOW:
+        from retrain.backbones.efficientnet_lite0_tflite import FINAL, feature_model_bytes
 
-        data = feature_model_bytes()
+        data = feature_model_bytes(taps=backbone.taps or FINAL)
     else:
         data = convert(backbone)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,9 @@ import numpy as np
 from retrain import __version__, report
 from retrain.augment import Augmentation, variant_pixels
 from retrain.backbones import DEFAULT_ARCHITECTURE, Backbone, load_backbone, registered
-from retrain.cache import BottleneckCache, image_digest
+from retrain.backbones.taps import FEATURE_SETS, FINAL, Tap, feature_sets, tap_caches, tapped
+from retrain.cache import BottleneckCache, bottleneck_cache, image_digest
+from retrain.choice import FeatureChoice, choose_features
 from retrain.crossval import CrossValidation, cross_validate
 from retrain.errors import RetrainError
 from retrain.export import DEFAULT_EXPORT, check_output_dir, default_output_dir, export_model, parse_formats
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEADS = ("softmax", "prototype")
+AUTO = "auto"
 FINE_TUNE_STEPS = 500
 FINE_TUNE_LEARNING_RATE = 0.001  # SGD with momentum 0.9, through the top of the backbone
 SCRATCH_LEARNING_RATE = 0.01  # SGD with momentum 0.9, a backbone and head trained from scratch
@@ -74,6 +77,7 @@ class RetrainConfig:
     test_batch_size: int = -1
     extraction_batch_size: int = DEFAULT_BATCH_SIZE
     runtime: str = "auto"  # what computes bottlenecks: auto, litert or tensorflow (retrain.runtimes)
+    bottleneck_layers: str = "auto"  # a feature set of the backbone's (retrain.backbones.taps), or auto: chosen
     print_misclassified_test_images: bool = False
     summaries_dir: str | None = None
     saved_model_dir: str | None = None  # also asks for the SavedModel in the export
@@ -102,6 +106,9 @@ class Trained:
     end_to_end: bool = False  # the backbone changed: no cross-validation on cached vectors
     fine_tuning_from_step: int | None = None
     seconds: float = 0.0  # in the training loops (head and backbone), not extraction or export
+    backbone: Backbone | None = None  # what the head's features come from, if not the run's backbone
+    feature_set: str = FINAL
+    feature_choice: FeatureChoice | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,7 @@ def run(config: RetrainConfig) -> RunResult:
         config.architecture, config.weights_file, config.tfhub_module, config.image_size, config.base_model
     )
     report.backbone_summary(backbone)
+    _check_feature_set(config.bottleneck_layers, backbone)
     if config.fine_tune_layers:
         from retrain.finetune import unfreeze_top
 
@@ -170,6 +178,7 @@ def run(config: RetrainConfig) -> RunResult:
             ]
         )
 
+    backbone = trained.backbone or backbone
     info = ModelInfo(
         labels=image_set.labels,
         input_spec=backbone.input_spec,
@@ -202,11 +211,41 @@ def run(config: RetrainConfig) -> RunResult:
     return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
 
 
+def _taps_of(backbone: Backbone | None) -> tuple[Tap, ...]:
+    return (backbone.taps or ()) if backbone else ()
+
+
+def _check_feature_set(name: str, backbone: Backbone) -> None:
+    sets = feature_sets(backbone)
+    if name != AUTO and name not in sets:
+        raise RetrainError(f"--bottleneck_layers {name!r}: {backbone.cache_id} offers {', '.join([AUTO, *sets])}")
+
+
+def _joint_taps(candidates: list[tuple[Tap, ...] | None]) -> tuple[Tap, ...] | None:
+    """Every tap of the candidate feature sets once, in order: what one forward pass computes."""
+    if any(taps is None for taps in candidates):
+        return None
+    return tuple(dict.fromkeys(tap for taps in candidates for tap in taps))
+
+
+def _columns(joint: tuple[Tap, ...] | None, taps: tuple[Tap, ...] | None, width: int) -> np.ndarray:
+    """The columns of the joint vectors that make up the feature set `taps`."""
+    if joint is None or taps is None:
+        return np.arange(width)
+    from retrain.backbones.efficientnet_lite0_tflite import tap_width
+
+    starts = dict(zip(joint, np.cumsum([0] + [tap_width(tap) for tap in joint]), strict=False))
+    return np.concatenate([np.arange(starts[tap], starts[tap] + tap_width(tap)) for tap in taps])
+
+
 def check_options(config: RetrainConfig) -> None:
     """Flag combinations that cannot work, refused before any work."""
     if config.head not in HEADS:
         raise RetrainError(f"unknown --head {config.head!r}; choose from {', '.join(HEADS)}")
     parse_formats(",".join(config.export))
+    known = dict.fromkeys([AUTO, *(name for sets in FEATURE_SETS.values() for name in sets)])
+    if config.bottleneck_layers not in known:
+        raise RetrainError(f"--bottleneck_layers {config.bottleneck_layers!r}: choose from {', '.join(known)}")
     trained_layers = config.hparams.hidden_units or config.hparams.dropout or config.fine_tune_layers
     if config.head == "prototype" and trained_layers:
         raise RetrainError(
@@ -224,10 +263,15 @@ def check_options(config: RetrainConfig) -> None:
 
 
 def _train_on_bottlenecks(
-    config: RetrainConfig, image_set: ImageSet, backbone: Backbone, bottleneck_dir: Path
+    config: RetrainConfig, image_set: ImageSet, network: Backbone, bottleneck_dir: Path
 ) -> Trained:
-    """Cached vectors -> head; then, with --fine_tune_layers, the top of the backbone on decoded images."""
-    cache = BottleneckCache(bottleneck_dir, backbone.cache_id, backbone.feature_dim)
+    """Cached vectors of every candidate feature set (one pass) -> the set that suits the data ->
+    head; then, with --fine_tune_layers, the top of the backbone on decoded images."""
+    sets = feature_sets(network)
+    names = list(sets) if config.bottleneck_layers == AUTO else [config.bottleneck_layers]
+    joint = _joint_taps([sets[name] for name in names])
+    backbone = tapped(network, joint)
+    cache = bottleneck_cache(bottleneck_dir, tap_caches(backbone))
     runtime = partial(open_runtime, backbone, bottleneck_dir, config.runtime)
     splits, extraction, seconds = _bottlenecks(image_set, backbone, cache, config.extraction_batch_size, runtime)
     report.extraction_summary(extraction, seconds, cache.directory)
@@ -238,10 +282,27 @@ def _train_on_bottlenecks(
         train = _with_augmented_copies(config, train, backbone, cache, runtime)
     num_classes = len(image_set.labels)
     started = time.monotonic()
+    columns = {name: _columns(joint, sets[name], backbone.feature_dim) for name in names}
+    choice = None
+    if len(names) > 1:
+        fit = _refit(config, num_classes)
+        seed = config.hparams.random_seed
+        held_out = (validation.features, validation.labels)
+        choice = choose_features(columns, (train.features, train.labels), held_out, fit, seed)
+        report.feature_choice(choice)
+    chosen = choice.chosen if choice else names[0]
+    backbone = tapped(network, sets[chosen])
+    splits = {
+        split: replace(bottlenecks, features=bottlenecks.features[:, columns[chosen]])
+        for split, bottlenecks in splits.items()
+    }
+    train = replace(train, features=train.features[:, columns[chosen]])
+    validation = splits["validation"]
+    features = {"backbone": backbone, "feature_set": chosen, "feature_choice": choice}
     if config.head == "prototype":
         head = fit_prototypes(train.features, train.labels, num_classes)
         report.prototype_head(head, train, validation)
-        return Trained(head, [], splits, extraction, seconds=time.monotonic() - started)
+        return Trained(head, [], splits, extraction, seconds=time.monotonic() - started, **features)
     head, history = train_head(
         train.features,
         train.labels,
@@ -253,7 +314,7 @@ def _train_on_bottlenecks(
         summaries_dir=config.summaries_dir,
     )
     if not config.fine_tune_layers:
-        return Trained(head, history, splits, extraction, seconds=time.monotonic() - started)
+        return Trained(head, history, splits, extraction, seconds=time.monotonic() - started, **features)
     from retrain.finetune import features_of, train_end_to_end
 
     hparams = config.hparams
@@ -278,7 +339,7 @@ def _train_on_bottlenecks(
     )
     tuned = {split: replace(splits[split], features=features_of(backbone, pixels[split].images)) for split in SPLITS}
     seconds = head_seconds + time.monotonic() - started
-    return Trained(head, history + more, tuned, extraction, True, hparams.how_many_training_steps, seconds)
+    return Trained(head, history + more, tuned, extraction, True, hparams.how_many_training_steps, seconds, **features)
 
 
 def _train_from_scratch(config: RetrainConfig, image_set: ImageSet, backbone: Backbone) -> Trained:
@@ -488,6 +549,12 @@ def _details(
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "head": trained.head.describe(),
+        "bottlenecks": {
+            "features": trained.feature_set,
+            "taps": [tap.describe() for tap in _taps_of(trained.backbone)],
+            "dims": int(trained.splits["training"].features.shape[1]),
+            "choice": trained.feature_choice.to_json() if trained.feature_choice else None,
+        },
         "metrics": {
             "test_accuracy": None if cross_validation else evaluation.accuracy,
             "test_count": 0 if cross_validation else evaluation.count,

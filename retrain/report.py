@@ -9,6 +9,7 @@ from pathlib import Path
 
 from retrain.augment import Augmentation
 from retrain.backbones import Backbone
+from retrain.choice import FeatureChoice
 from retrain.extract import ExtractionStats
 from retrain.heads import PrototypeHead
 from retrain.images import FEW_IMAGES_WARNING, MIN_IMAGES_FOR_HOLDOUT, SPLITS, ImageSet
@@ -143,6 +144,15 @@ def misclassified(items: list[tuple[Path, str]]) -> None:
     _say("=== MISCLASSIFIED TEST IMAGES ===")
     for path, predicted in items:
         _say(f"{path}  {predicted}")
+
+
+def feature_choice(choice: FeatureChoice) -> None:
+    """The candidates' scores and the one kept, so a person can see why."""
+    _say(f"Bottleneck features, scored on the {choice.method}:")
+    for candidate in choice.candidates:
+        entropy = "" if candidate.cross_entropy is None else f", cross entropy {candidate.cross_entropy:.3f}"
+        mark = "  <- chosen" if candidate.name == choice.chosen else ""
+        _say(f"  {candidate.name:<14} {candidate.dims:5d} features: accuracy {candidate.accuracy:.1%}{entropy}{mark}")
 
 
 def exporting(output_dir: Path, formats: Collection[str]) -> None:

@@ -64,6 +64,24 @@ def digits_and_photos(spec: InputSpec) -> np.ndarray:
     return np.stack([preprocess(data, spec) for data in digits + photos])
 
 
+def export_vectors(export: Path, paths: list[Path]) -> np.ndarray:
+    """The bottlenecks of `paths` as the default-backbone export at `export` reads them (its chosen
+    feature set), all from the run's cache: the reference its head is checked against."""
+    from retrain.backbones import load_backbone
+    from retrain.backbones.taps import feature_sets, tap_caches, tapped
+    from retrain.cache import bottleneck_cache
+    from retrain.extract import compute_bottlenecks
+
+    info = json.loads((export / "model.json").read_text())
+    network = load_backbone()
+    backbone = tapped(network, feature_sets(network)[info["bottlenecks"]["features"]])
+    assert backbone.cache_id == info["backbone"]
+    cache = bottleneck_cache(info["flags"]["bottleneck_dir"], tap_caches(backbone))
+    vectors, ok, stats = compute_bottlenecks(paths, backbone, cache)
+    assert ok.all() and stats.computed == 0
+    return vectors
+
+
 @pytest.fixture
 def tiny_digits(tmp_path: Path) -> Path:
     """Three digit classes, 12 images each: enough to train and export quickly."""

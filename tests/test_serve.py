@@ -46,6 +46,7 @@ from .conftest import (
     Answer,
     Models,
     Server,
+    export_vectors,
     jpeg_bytes,
     relabel,
     start_server,
@@ -75,18 +76,12 @@ class Split:
 @pytest.fixture(scope="module")
 def split(digits_run) -> Split:
     """As test_retrain's `_test_images`, keeping the probabilities: the reference every answer is checked against."""
-    from retrain.backbones import load_backbone
-    from retrain.cache import BottleneckCache
-    from retrain.extract import compute_bottlenecks
     from retrain.images import discover
 
     result = digits_run[0]
     paths = [e.path for e in discover(DIGITS).splits["testing"]]
-    backbone = load_backbone()
     info = json.loads((result.output_dir / "model.json").read_text())
-    cache = BottleneckCache(info["flags"]["bottleneck_dir"], backbone.cache_id, backbone.feature_dim)
-    vectors, ok, stats = compute_bottlenecks(paths, backbone, cache)
-    assert ok.all() and stats.computed == 0
+    vectors = export_vectors(result.output_dir, paths)
     return Split(paths, np.asarray(result.head.probabilities(vectors)), info["labels"])
 
 

@@ -15,17 +15,15 @@ from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
 from retrain.backbones import load_backbone
-from retrain.cache import BottleneckCache
 from retrain.cli import main
 from retrain.errors import RetrainError
-from retrain.extract import compute_bottlenecks
 from retrain.finetune import weight_layers
 from retrain.heads import fit_prototypes
 from retrain.images import discover
 from serve.preprocess import preprocess
 from serve.runtime import load_model
 
-from .conftest import copy_digits
+from .conftest import copy_digits, export_vectors
 
 LABELS = ["0", "1", "7"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -100,7 +98,7 @@ def test_hidden_layer_and_dropout_are_trained_and_exported(hidden_run) -> None:
     assert info["head"] == {"type": "softmax", "hidden_units": 16, "dropout": 0.3}
     full = keras.saving.load_model(export / "model.keras")
     dense = [layer for layer in full.layers if isinstance(layer, keras.layers.Dense)]
-    assert [tuple(layer.kernel.shape) for layer in dense] == [(1280, 16), (16, 3)]
+    assert [tuple(layer.kernel.shape) for layer in dense] == [(info["bottlenecks"]["dims"], 16), (16, 3)]
     assert sum(isinstance(layer, keras.layers.Dropout) for layer in full.layers) == 2
 
 
@@ -145,8 +143,7 @@ def test_too_few_images_are_cross_validated_not_tested(root: Path, few: Path, he
         assert not (export / "training_curves.png").exists()  # nothing was trained step by step
         paths = sorted(few.rglob("*.png"))
         truth = np.array([LABELS.index(p.parent.name) for p in paths])
-        backbone = load_backbone()
-        vectors, _, _ = compute_bottlenecks(paths, backbone, BottleneckCache(root / "cache", backbone.cache_id, 1280))
+        vectors = export_vectors(export, paths)  # the feature set the run chose
         correct = [
             np.argmax(
                 fit_prototypes(vectors[np.arange(6) != i], truth[np.arange(6) != i], 3).probabilities(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 
+from retrain.backbones.taps import Tap
 from retrain.errors import RetrainError
 from retrain.quiet import import_tensorflow_quietly
 from serve.preprocess import InputSpec
@@ -53,6 +54,7 @@ class Backbone:
     build: Callable[[], object]
     feature_dim: int
     from_scratch: bool = False  # random weights: trained end to end, its vectors never cached
+    taps: tuple[Tap, ...] | None = None  # the layers its bottleneck is made of; None: the network's output
 
     @cached_property
     def model(self) -> object:

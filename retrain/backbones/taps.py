@@ -10,7 +10,11 @@ taps, each flattened cell by cell (row, column, channel).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retrain.backbones import Backbone
 
 
 @dataclass(frozen=True)
@@ -47,3 +51,56 @@ def keras_tap_model(model, taps: tuple[Tap, ...]):
         pooled.append(keras.layers.Reshape((tap.grid * tap.grid * channels,))(x))
     features = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(axis=1)(pooled)
     return keras.Model(model.input, features, name=f"{model.name}_taps")
+
+
+# The named feature sets a backbone offers, by its cache id (for now the default backbone with its
+# ImageNet weights, whose TFLite feature model retrain writes itself). "final" is the classic
+# bottleneck and keeps the cache entries it always had.
+FEATURE_SETS: dict[str, dict[str, tuple[Tap, ...]]] = {
+    "efficientnet_lite0@imagenet": {
+        "final": (Tap("top_relu"),),
+        "middle": (Tap("block10_add", grid=2),),
+        "final+middle": (Tap("top_relu"), Tap("block10_add", grid=2)),
+    }
+}
+FINAL = "final"
+
+
+def feature_sets(backbone: Backbone) -> dict[str, tuple[Tap, ...] | None]:
+    """The backbone's named feature sets; one, "final" (its own output), for a backbone without taps."""
+    return dict(FEATURE_SETS.get(backbone.cache_id, {FINAL: None}))
+
+
+def tapped(backbone: Backbone, taps: tuple[Tap, ...] | None) -> Backbone:
+    """The backbone whose bottleneck is `taps` (None, or its final layer alone: the backbone itself)."""
+    sets = FEATURE_SETS.get(backbone.cache_id, {})
+    if taps is None or taps == sets.get(FINAL):
+        return backbone
+    if not sets:
+        raise ValueError(f"{backbone.cache_id} offers no taps")
+    from retrain.backbones.efficientnet_lite0_tflite import tap_width
+
+    return replace(
+        backbone,
+        cache_id=f"{backbone.cache_id}#{'+'.join(tap.describe() for tap in taps)}",
+        build=lambda: keras_tap_model(backbone.model, taps),
+        feature_dim=sum(tap_width(tap) for tap in taps),
+        taps=taps,
+    )
+
+
+def tap_caches(backbone: Backbone) -> list[tuple[str, int]]:
+    """(cache id, width) of each of the backbone's taps: each tap is cached on its own, so feature
+    sets that share a tap share its entries, and the final layer keeps the backbone's own."""
+    if backbone.taps is None:
+        return [(backbone.cache_id, backbone.feature_dim)]
+    from retrain.backbones.efficientnet_lite0_tflite import tap_width
+
+    base = backbone.cache_id.split("#", 1)[0]
+    final = FEATURE_SETS[base][FINAL]
+    return [(base if (tap,) == final else f"{base}#{tap.describe()}", tap_width(tap)) for tap in backbone.taps]
+
+
+def base_cache_id(backbone: Backbone) -> str:
+    """The cache id of the network a tapped backbone taps."""
+    return backbone.cache_id.split("#", 1)[0]

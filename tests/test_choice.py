@@ -1,0 +1,49 @@
+"""The feature-set choice: scored on held-out images (never the test split), best kept, ties broken
+toward confidence and then toward the earlier (simpler) set."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrain.choice import choose_features
+from retrain.heads import fit_prototypes
+
+
+def _fit(features: np.ndarray, labels: np.ndarray):
+    return fit_prototypes(features, labels, 3)
+
+
+CENTRES = np.random.default_rng(42).normal(0, 1, (3, 5)) * 5  # of the three classes, in columns 0-4
+
+
+def _data(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns 0-4 separate three classes; columns 5-9 are noise."""
+    labels = np.arange(count) % 3
+    signal = CENTRES[labels] + rng.normal(0, 0.3, (count, 5))
+    return np.hstack([signal, rng.normal(0, 1, (count, 5))]), labels
+
+
+def test_the_informative_columns_win_on_the_validation_split() -> None:
+    rng = np.random.default_rng(0)
+    columns = {"noise": np.arange(5, 10), "signal": np.arange(0, 5), "both": np.arange(10)}
+    choice = choose_features(columns, _data(rng, 60), _data(rng, 30), _fit)
+    assert choice.method == "validation split (30 images)"
+    scores = {c.name: c.accuracy for c in choice.candidates}
+    assert scores["signal"] == 1.0 and scores["noise"] < 0.7
+    assert choice.chosen in ("signal", "both") and scores[choice.chosen] == max(scores.values())
+    assert [c.dims for c in choice.candidates] == [5, 5, 10]
+
+
+def test_without_a_validation_split_it_cross_validates_the_training_images() -> None:
+    rng = np.random.default_rng(1)
+    x, y = _data(rng, 12)
+    choice = choose_features({"noise": np.arange(5, 10), "signal": np.arange(5)}, (x, y), (x[:0], y[:0]), _fit)
+    assert choice.method == "cross-validation over the 12 training images"
+    assert choice.chosen == "signal" and all(c.cross_entropy is None for c in choice.candidates)
+
+
+def test_equal_scores_go_to_the_earlier_set() -> None:
+    rng = np.random.default_rng(2)
+    same = np.arange(0, 5)
+    choice = choose_features({"first": same, "second": same}, _data(rng, 30), _data(rng, 15), _fit)
+    assert choice.candidates[0].accuracy == choice.candidates[1].accuracy and choice.chosen == "first"
