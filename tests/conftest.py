@@ -64,6 +64,20 @@ def digits_and_photos(spec: InputSpec) -> np.ndarray:
     return np.stack([preprocess(data, spec) for data in digits + photos])
 
 
+@pytest.fixture(scope="module")
+def backbone():
+    """The default backbone, described (built on first use of `.model`), one per test module."""
+    from retrain.backbones import load_backbone
+
+    return load_backbone()
+
+
+@pytest.fixture(scope="module")
+def pixels(backbone) -> np.ndarray:
+    """`digits_and_photos` for the default backbone."""
+    return digits_and_photos(backbone.input_spec)
+
+
 def export_vectors(export: Path, paths: list[Path]) -> np.ndarray:
     """The bottlenecks of `paths` as the default-backbone export at `export` reads them (its chosen
     feature set), all from the run's cache: the reference its head is checked against."""

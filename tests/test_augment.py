@@ -185,13 +185,6 @@ def test_bad_percentages_are_refused_naming_the_flag(flags: dict, message: str) 
 # --- through the backbone and the cache ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    from retrain.backbones import load_backbone
-
-    return load_backbone()
-
-
 @pytest.fixture
 def images(tmp_path: Path) -> list[Path]:
     """Ten real images: eight digits (two classes) and two JPEG photos."""

@@ -12,7 +12,6 @@ import pytest
 
 from retrain import feature_models
 from retrain.backbones import efficientnet_lite0_tflite as lite0_tflite
-from retrain.backbones import load_backbone
 from retrain.backbones.efficientnet_lite0_tflite import feature_model_bytes, tap_width
 from retrain.backbones.taps import Tap, keras_tap_model
 from retrain.heads import SoftmaxHead
@@ -20,23 +19,13 @@ from retrain.runtimes.litert import LiteRTRuntime
 from retrain.tflite_head import append_head
 from serve.runtime import Runner
 
-from .conftest import REPO, digits_and_photos
+from .conftest import REPO
 
 # As tests/test_runtimes.py holds LiteRT to TensorFlow: the features are ReLU6 outputs averaged over
 # 49 positions, up to ~6; float operations ordered differently, and folded batch norms rounded
 # differently, move them by far less (measured: 1.4e-5 from Keras, as the converted model differs
 # from it by 1.3e-5; 8e-6 from the converted model).
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return load_backbone()
-
-
-@pytest.fixture(scope="module")
-def pixels(backbone) -> np.ndarray:
-    return digits_and_photos(backbone.input_spec)
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,9 @@ from retrain.backbones import Backbone, load_backbone
 from retrain.errors import RetrainError
 from retrain.runtimes import open_runtime
 
-from .conftest import digits_and_photos
-
 # LiteRT (XNNPACK) and TensorFlow order float operations differently; the features are ReLU6
 # outputs averaged over 49 positions, of magnitude up to ~6. Measured differences: under 2e-5.
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return load_backbone()
-
-
-@pytest.fixture(scope="module")
-def pixels(backbone) -> np.ndarray:
-    return digits_and_photos(backbone.input_spec)
 
 
 def test_litert_vectors_equal_tensorflows_within_tolerance(backbone, pixels, tmp_path: Path) -> None:

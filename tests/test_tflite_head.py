@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrain.backbones import load_backbone
 from retrain.feature_models import cached_feature_model
 from retrain.heads import SoftmaxHead, fit_prototypes
 from retrain.runtimes.litert import LiteRTRuntime
@@ -18,11 +17,6 @@ from serve.preprocess import preprocess
 from serve.runtime import Runner
 
 from .conftest import DIGITS, jpeg_bytes
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return load_backbone()
 
 
 @pytest.fixture(scope="module")
