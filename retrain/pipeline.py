@@ -23,7 +23,16 @@ import numpy as np
 from retrain import __version__, report
 from retrain.augment import Augmentation, variant_pixels
 from retrain.backbones import DEFAULT_ARCHITECTURE, Backbone, load_backbone, registered
-from retrain.backbones.taps import FEATURE_SETS, FINAL, Tap, feature_sets, tap_caches, tapped
+from retrain.backbones.taps import (
+    FEATURE_SETS,
+    FINAL,
+    Tap,
+    columns_of,
+    feature_sets,
+    joint_taps,
+    tap_caches,
+    tapped,
+)
 from retrain.cache import BottleneckCache, bottleneck_cache, image_digest
 from retrain.choice import FeatureChoice, choose_features
 from retrain.crossval import CrossValidation, cross_validate
@@ -221,23 +230,6 @@ def _check_feature_set(name: str, backbone: Backbone) -> None:
         raise RetrainError(f"--bottleneck_layers {name!r}: {backbone.cache_id} offers {', '.join([AUTO, *sets])}")
 
 
-def _joint_taps(candidates: list[tuple[Tap, ...] | None]) -> tuple[Tap, ...] | None:
-    """Every tap of the candidate feature sets once, in order: what one forward pass computes."""
-    if any(taps is None for taps in candidates):
-        return None
-    return tuple(dict.fromkeys(tap for taps in candidates for tap in taps))
-
-
-def _columns(joint: tuple[Tap, ...] | None, taps: tuple[Tap, ...] | None, width: int) -> np.ndarray:
-    """The columns of the joint vectors that make up the feature set `taps`."""
-    if joint is None or taps is None:
-        return np.arange(width)
-    from retrain.backbones.efficientnet_lite0_tflite import tap_width
-
-    starts = dict(zip(joint, np.cumsum([0] + [tap_width(tap) for tap in joint]), strict=False))
-    return np.concatenate([np.arange(starts[tap], starts[tap] + tap_width(tap)) for tap in taps])
-
-
 def check_options(config: RetrainConfig) -> None:
     """Flag combinations that cannot work, refused before any work."""
     if config.head not in HEADS:
@@ -269,7 +261,7 @@ def _train_on_bottlenecks(
     head; then, with --fine_tune_layers, the top of the backbone on decoded images."""
     sets = feature_sets(network)
     names = list(sets) if config.bottleneck_layers == AUTO else [config.bottleneck_layers]
-    joint = _joint_taps([sets[name] for name in names])
+    joint = joint_taps([sets[name] for name in names])
     backbone = tapped(network, joint)
     cache = bottleneck_cache(bottleneck_dir, tap_caches(backbone))
     runtime = partial(open_runtime, backbone, bottleneck_dir, config.runtime)
@@ -282,7 +274,7 @@ def _train_on_bottlenecks(
         train = _with_augmented_copies(config, train, backbone, cache, runtime)
     num_classes = len(image_set.labels)
     started = time.monotonic()
-    columns = {name: _columns(joint, sets[name], backbone.feature_dim) for name in names}
+    columns = {name: columns_of(joint, sets[name], backbone.feature_dim) for name in names}
     choice = None
     if len(names) > 1:
         fit = _refit(config, num_classes)

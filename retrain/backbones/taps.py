@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from retrain.backbones import Backbone
 
@@ -96,9 +98,26 @@ def tap_caches(backbone: Backbone) -> list[tuple[str, int]]:
         return [(backbone.cache_id, backbone.feature_dim)]
     from retrain.backbones.efficientnet_lite0_tflite import tap_width
 
-    base = backbone.cache_id.split("#", 1)[0]
+    base = base_cache_id(backbone)
     final = FEATURE_SETS[base][FINAL]
     return [(base if (tap,) == final else f"{base}#{tap.describe()}", tap_width(tap)) for tap in backbone.taps]
+
+
+def joint_taps(candidates: list[tuple[Tap, ...] | None]) -> tuple[Tap, ...] | None:
+    """Every tap of the candidate feature sets once, in order: what one forward pass computes."""
+    if any(taps is None for taps in candidates):
+        return None
+    return tuple(dict.fromkeys(tap for taps in candidates for tap in taps))
+
+
+def columns_of(joint: tuple[Tap, ...] | None, taps: tuple[Tap, ...] | None, width: int) -> np.ndarray:
+    """The columns of the joint vectors (`width` wide) that make up the feature set `taps`."""
+    if joint is None or taps is None:
+        return np.arange(width)
+    from retrain.backbones.efficientnet_lite0_tflite import tap_width
+
+    starts = dict(zip(joint, np.cumsum([0] + [tap_width(tap) for tap in joint]), strict=False))
+    return np.concatenate([np.arange(starts[tap], starts[tap] + tap_width(tap)) for tap in taps])
 
 
 def base_cache_id(backbone: Backbone) -> str:
