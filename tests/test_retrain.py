@@ -199,7 +199,7 @@ def test_second_run_does_no_forward_passes(digits_run, tmp_path: Path) -> None:
     assert "Bottlenecks: 1797 from cache, 0 computed" in completed.stdout
     assert "Final test accuracy = " in completed.stdout and (tmp_path / "again" / "model.tflite").is_file()
     # Nothing on stderr but, for a feature set not exported before, its TFLite model being written (0.1 s).
-    assert all("making the TFLite feature model" in line for line in completed.stderr.splitlines())
+    assert all("writing the TFLite feature model" in line for line in completed.stderr.splitlines())
 
 
 def test_killed_extraction_resumes_with_correct_vectors(digits_run, tmp_path: Path) -> None:
