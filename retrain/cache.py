@@ -8,6 +8,7 @@ any moment leaves only whole entries; an entry that cannot be read is treated as
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 from pathlib import Path
@@ -35,6 +36,7 @@ class BottleneckCache:
         readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone_cache_id)[:60]
         salt_digest = hashlib.sha256(self._salt.encode()).hexdigest()[:12]
         self.directory = self.root / f"{readable}-{salt_digest}"
+        self._header = _npy_header(feature_dim)
 
     def key(self, digest: str) -> str:
         """Cache key of an image, from its content digest."""
@@ -47,7 +49,11 @@ class BottleneckCache:
         """The cached vector, or None when missing or unreadable (a warning names the bad entry)."""
         path = self.path(key)
         try:
-            vector = np.load(path, allow_pickle=False)
+            data = path.read_bytes()
+            if data.startswith(self._header) and len(data) == len(self._header) + 4 * self.feature_dim:
+                vector = np.frombuffer(data, np.float32, offset=len(self._header))  # np.load parses the header
+            else:
+                vector = np.load(io.BytesIO(data), allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as e:
@@ -65,6 +71,13 @@ class BottleneckCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path) as temporary, temporary.open("wb") as f:
             np.save(f, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+
+
+def _npy_header(feature_dim: int) -> bytes:
+    """The bytes `np.save` writes before a float32 vector of `feature_dim` values."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(feature_dim, np.float32), allow_pickle=False)
+    return buffer.getvalue()[: -4 * feature_dim]
 
 
 class TapCache:

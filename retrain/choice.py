@@ -6,16 +6,25 @@ retrain computes every candidate feature set in one forward pass, trains the hea
 vectors are cached, so that costs seconds), and keeps the one that scores best on the validation
 split, or, when there is none, in cross-validation on the training images. Never on the test
 split: its accuracy stays an honest estimate for the model that was chosen.
+
+The scores are a pure function of the vectors, the labels, how heads are fitted and the code that
+fits and scores them, so a rerun on the same cached vectors reads them back (`ChoiceMemo`, keyed
+by a digest of all of those) instead of training every candidate again, and says so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
+import retrain
 from retrain.crossval import cross_validate
+from retrain.files import replacing
 from retrain.heads import Head
 from retrain.train import accuracy_and_cross_entropy
 
@@ -35,15 +44,24 @@ class Candidate:
         scores = {"accuracy": self.accuracy, "cross_entropy": self.cross_entropy}
         return {"features": self.name, "dims": self.dims, **scores}
 
+    @classmethod
+    def from_json(cls, data: dict) -> Candidate:
+        return cls(data["features"], data["dims"], data["accuracy"], data["cross_entropy"])
+
 
 @dataclass(frozen=True)
 class FeatureChoice:
     method: str  # what the candidates were scored on
     candidates: list[Candidate]
     chosen: str
+    remembered: bool = False  # read back from an earlier run on the same vectors, not scored now
 
     def to_json(self) -> dict:
         return {"method": self.method, "chosen": self.chosen, "candidates": [c.to_json() for c in self.candidates]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> FeatureChoice:
+        return cls(data["method"], [Candidate.from_json(c) for c in data["candidates"]], data["chosen"])
 
 
 def choose_features(
@@ -69,3 +87,50 @@ def choose_features(
         candidates.append(Candidate(name, len(index), accuracy, cross_entropy))
     best = max(enumerate(candidates), key=lambda item: (item[1].accuracy, -(item[1].cross_entropy or 0.0), -item[0]))[1]
     return FeatureChoice(method, candidates, best.name)
+
+
+SCORING_CODE = ("choice.py", "crossval.py", "heads.py", "train.py")
+"""The modules whose code decides the scores: a remembered choice is keyed by their source too."""
+
+
+class ChoiceMemo:
+    """Choices already made, one JSON file each under `directory`, named by the digest of their inputs."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @staticmethod
+    def key(
+        columns: dict[str, np.ndarray],
+        train: tuple[np.ndarray, np.ndarray],
+        validation: tuple[np.ndarray, np.ndarray],
+        fitted_by: str,
+        seed: int,
+    ) -> str:
+        """A digest of everything `choose_features` reads; `fitted_by` describes `fit` (head and hparams)."""
+        digest = hashlib.sha256(f"{retrain.__version__}|{fitted_by}|{seed}".encode())
+        for name in SCORING_CODE:
+            digest.update((Path(__file__).parent / name).read_bytes())
+        for name, index in columns.items():
+            digest.update(name.encode() + np.ascontiguousarray(index, np.int64).tobytes())
+        for array in (*train, *validation):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode() + array.tobytes())
+        return digest.hexdigest()[:32]
+
+    def recall(self, key: str) -> FeatureChoice | None:
+        """The choice stored under `key`, or None (never stored, or unreadable: then it is scored again)."""
+        try:
+            data = json.loads((self.directory / f"{key}.json").read_text())
+            return replace(FeatureChoice.from_json(data), remembered=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def remember(self, key: str, choice: FeatureChoice) -> None:
+        """Stores `choice` atomically; a cache that cannot be written costs the next run its reuse, nothing else."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with replacing(self.directory / f"{key}.json") as temporary:
+                temporary.write_text(json.dumps(choice.to_json(), indent=1))
+        except OSError:
+            pass

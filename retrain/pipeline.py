@@ -34,7 +34,7 @@ from retrain.backbones.taps import (
     tapped,
 )
 from retrain.cache import BottleneckCache, bottleneck_cache, image_digest
-from retrain.choice import FeatureChoice, choose_features
+from retrain.choice import ChoiceMemo, FeatureChoice, choose_features
 from retrain.crossval import CrossValidation, cross_validate
 from retrain.errors import RetrainError
 from retrain.export import DEFAULT_EXPORT, check_output_dir, default_output_dir, export_model, parse_formats
@@ -277,10 +277,7 @@ def _train_on_bottlenecks(
     columns = {name: columns_of(joint, sets[name], backbone.feature_dim) for name in names}
     choice = None
     if len(names) > 1:
-        fit = _refit(config, num_classes)
-        seed = config.hparams.random_seed
-        held_out = (validation.features, validation.labels)
-        choice = choose_features(columns, (train.features, train.labels), held_out, fit, seed)
+        choice = _choose_features(config, columns, train, validation, num_classes, bottleneck_dir)
         report.feature_choice(choice)
     chosen = choice.chosen if choice else names[0]
     backbone = tapped(network, sets[chosen])
@@ -452,6 +449,26 @@ def _evaluate(config: RetrainConfig, trained: Trained, labels: list[str]) -> Eva
     validation = cross_validate(features, truth, _refit(config, len(labels)), config.hparams.random_seed)
     paths = [path for split in pooled for path in split.paths]
     return Evaluation(validation.accuracy, len(truth), truth, validation.predictions, paths, validation)
+
+
+def _choose_features(
+    config: RetrainConfig,
+    columns: dict[str, np.ndarray],
+    train: Bottlenecks,
+    validation: Bottlenecks,
+    num_classes: int,
+    bottleneck_dir: Path,
+) -> FeatureChoice:
+    """The feature set that scores best on held-out images; remembered beside the cache for reruns."""
+    seed = config.hparams.random_seed
+    data = (train.features, train.labels), (validation.features, validation.labels)
+    memo = ChoiceMemo(bottleneck_dir / "choices")
+    key = memo.key(columns, *data, fitted_by=f"{config.head}|{config.hparams!r}", seed=seed)
+    choice = memo.recall(key)
+    if choice is None:
+        choice = choose_features(columns, *data, _refit(config, num_classes), seed)
+        memo.remember(key, choice)
+    return choice
 
 
 def _refit(config: RetrainConfig, num_classes: int):

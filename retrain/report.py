@@ -148,7 +148,8 @@ def misclassified(items: list[tuple[Path, str]]) -> None:
 
 def feature_choice(choice: FeatureChoice) -> None:
     """The candidates' scores and the one kept, so a person can see why."""
-    _say(f"Bottleneck features, scored on the {choice.method}:")
+    again = " (remembered: the same vectors, labels and settings as an earlier run)" if choice.remembered else ""
+    _say(f"Bottleneck features, scored on the {choice.method}{again}:")
     for candidate in choice.candidates:
         entropy = "" if candidate.cross_entropy is None else f", cross entropy {candidate.cross_entropy:.3f}"
         mark = "  <- chosen" if candidate.name == choice.chosen else ""

@@ -3,9 +3,11 @@ toward confidence and then toward the earlier (simpler) set."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from retrain.choice import choose_features
+from retrain.choice import ChoiceMemo, choose_features
 from retrain.heads import fit_prototypes
 
 
@@ -47,3 +49,42 @@ def test_equal_scores_go_to_the_earlier_set() -> None:
     same = np.arange(0, 5)
     choice = choose_features({"first": same, "second": same}, _data(rng, 30), _data(rng, 15), _fit)
     assert choice.candidates[0].accuracy == choice.candidates[1].accuracy and choice.chosen == "first"
+
+
+def test_a_choice_is_remembered_for_the_same_inputs_only(tmp_path: Path) -> None:
+    """A rerun on the same vectors reads the scores back; any change to what they depend on scores afresh."""
+    rng = np.random.default_rng(3)
+    columns = {"noise": np.arange(5, 10), "signal": np.arange(5)}
+    train, validation = _data(rng, 30), _data(rng, 15)
+    memo = ChoiceMemo(tmp_path / "choices")
+    key = memo.key(columns, train, validation, fitted_by="prototype", seed=0)
+    assert memo.recall(key) is None
+    choice = choose_features(columns, train, validation, _fit)
+    memo.remember(key, choice)
+    again = memo.recall(key)
+    assert again is not None and again.remembered and not choice.remembered
+    assert again.to_json() == choice.to_json()
+
+    relabelled = (train[0], np.roll(train[1], 1))
+    changed = [
+        memo.key(columns, relabelled, validation, fitted_by="prototype", seed=0),
+        memo.key(columns, train, validation, fitted_by="softmax", seed=0),
+        memo.key(columns, train, validation, fitted_by="prototype", seed=1),
+        memo.key({"signal": np.arange(5)}, train, validation, fitted_by="prototype", seed=0),
+        memo.key(columns, train, (validation[0] + 1e-6, validation[1]), fitted_by="prototype", seed=0),
+    ]
+    assert len({key, *changed}) == 6
+
+
+def test_an_unreadable_remembered_choice_is_scored_again(tmp_path: Path) -> None:
+    memo = ChoiceMemo(tmp_path)
+    (tmp_path / "abc.json").write_text('{"method": "truncat')
+    assert memo.recall("abc") is None
+    memo_in_a_file = ChoiceMemo(tmp_path / "abc.json")  # a directory that cannot be made: not an error
+    memo_in_a_file.remember(
+        "k",
+        choose_features(
+            {"all": np.arange(10)}, _data(np.random.default_rng(4), 9), _data(np.random.default_rng(5), 6), _fit
+        ),
+    )
+    assert memo_in_a_file.recall("k") is None

@@ -91,12 +91,14 @@ def test_a_rerun_on_cached_bottlenecks_never_imports_tensorflow(digits_run, tmp_
     assert completed.stdout.rstrip().endswith("LOADED []")
     assert completed.stderr == ""
     assert f"Final test accuracy = {result.test_accuracy * 100:.1f}% (N={result.test_count})" in completed.stdout
+    assert "(remembered: the same vectors, labels and settings as an earlier run)" in completed.stdout
     export = tmp_path / "m"
     assert {p.name for p in export.iterdir()} == {
         "labels.txt", "model.json", "model.tflite", "confusion_matrix.png", "training_curves.png"
     }  # fmt: skip
-    files = json.loads((export / "model.json").read_text())["files"]
-    assert files == {"tflite": "model.tflite", "labels": "labels.txt"}
+    info, first = (json.loads((e / "model.json").read_text()) for e in (export, result.output_dir))
+    assert info["files"] == {"tflite": "model.tflite", "labels": "labels.txt"}
+    assert info["bottlenecks"]["choice"] == first["bottlenecks"]["choice"]
     paths, _ = _test_images(result)
     spec = InputSpec(224, 224, 127.0, 128.0)
     pixels = np.stack([preprocess(p.read_bytes(), spec) for p in paths[:32]])
