@@ -1,6 +1,6 @@
 # retrain and serve, two images from one file:
 #
-#   docker build --target retrain -t retrain .     TensorFlow + EfficientNet-Lite0 weights baked in
+#   docker build --target retrain -t retrain .     TensorFlow + EfficientNet-Lite0 weights + Ray baked in
 #   docker build --target serve -t serve .         LiteRT + FastAPI, no TensorFlow, no pip
 #   docker build --target retrain --build-arg EXTRAS=train,gpu -t retrain:gpu .   CUDA for --gpus all
 #
@@ -28,7 +28,7 @@ WORKDIR /src
 
 
 FROM base AS retrain
-ARG EXTRAS=train
+ARG EXTRAS=train,cluster
 COPY pyproject.toml constraints.txt scripts/extra_requirements.py ./
 RUN python -m venv /opt/venv \
     && python extra_requirements.py "${EXTRAS}" > requirements.txt \

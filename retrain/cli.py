@@ -126,6 +126,14 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
     "auto picks TensorFlow where it sees a GPU, else LiteRT.",
 )
 @click.option(
+    "--ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Compute the missing bottlenecks on a Ray cluster: auto (the cluster this machine belongs to), "
+    "ray://HOST:PORT (a remote one, through Ray Client), HOST:PORT, or local (a private one started here). "
+    "--image_dir and --bottleneck_dir must be paths every node sees. Needs retrain[cluster].",
+)
+@click.option(
     "--bottleneck_layers",
     default="auto",
     show_default=True,

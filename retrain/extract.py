@@ -84,6 +84,7 @@ class _Job:
 
     index: int
     path: Path
+    digest: str
     versions: tuple[int, ...]
     twins: list[int] = field(default_factory=list)
 
@@ -112,12 +113,15 @@ def compute_bottlenecks(
     copies: int = 0,
     seed: int = 0,
     runtime: Callable[[], FeatureRuntime] | None = None,
+    cluster: Callable[[Sequence[tuple[Path, str]]], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ExtractionStats]:
     """Bottleneck vectors for `paths`, from the cache or the backbone.
 
     `runtime` opens the runtime that computes missing vectors (by default `open_runtime`'s choice
     for this backbone); it is called only when some vector is missing, so a run whose vectors are
-    all cached converts and loads nothing.
+    all cached converts and loads nothing. `cluster` (`retrain.cluster.RayExtraction`), given the
+    missing images as (path, content digest) pairs, computes their vectors elsewhere into the cache;
+    whatever it leaves missing is computed here.
 
     Returns `(vectors, ok, stats)`: `vectors` has one row per path; `ok[i]` is False for a file
     that could not be read or decoded (its row is zeros, and `stats.skipped` says why).
@@ -134,12 +138,16 @@ def compute_bottlenecks(
     done = np.zeros(rows, dtype=bool)
     stats = ExtractionStats()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bottleneck") as pool:
-        misses = _from_cache(pool, paths, cache, versions, vectors, done, stats)
+        jobs = misses = _from_cache(pool, paths, cache, versions, vectors, done, stats)
+        if misses and cluster is not None and not versions.copies:
+            cluster([(job.path, job.digest) for job in misses])
+            stats.runtime = getattr(cluster, "name", "cluster")
+            misses = _collect(misses, cache, vectors, done, stats)
         failures: dict[int, str] = {}
         if misses:
             opened = time.monotonic()
             forward = runtime() if runtime else open_runtime(backbone, cache.root)
-            stats.runtime, stats.setup_seconds = forward.name, time.monotonic() - opened
+            stats.runtime, stats.setup_seconds = stats.runtime or forward.name, time.monotonic() - opened
             decode = partial(_decode, spec=backbone.input_spec, cache=cache, versions=versions)
             with progress_bar(total=sum(len(job.versions) for job in misses), desc="Computing bottlenecks") as bar:
                 for batch in _decoded_batches(pool, misses, decode, batch_size):
@@ -155,7 +163,7 @@ def compute_bottlenecks(
                             vectors[item.row], done[item.row] = vector, True
                         stats.computed += len(decoded)
                     bar.update(len(decoded) + sum(item.versions for item in failed))
-            _copy_to_twins(misses, paths, versions, vectors, done, failures, stats)
+        _copy_to_twins(jobs, paths, versions, vectors, done, failures, stats)
     ok = done.reshape(len(paths), versions.per_image).all(axis=1)
     vectors = vectors.reshape(len(paths), versions.per_image, backbone.feature_dim)
     vectors[~ok] = 0  # an image with some copies cached but now undecodable has no vectors at all
@@ -203,8 +211,23 @@ def _from_cache(
         if digest in misses:  # same bytes, same keys, same misses
             misses[digest].twins.append(index)
         else:
-            misses[digest] = _Job(index, paths[index], tuple(missing))
+            misses[digest] = _Job(index, paths[index], digest, tuple(missing))
     return list(misses.values())
+
+
+def _collect(
+    jobs: list[_Job], cache: BottleneckCache, vectors: np.ndarray, done: np.ndarray, stats: ExtractionStats
+) -> list[_Job]:
+    """Fills the rows a cluster computed into the cache; returns the jobs it left undone."""
+    undone = []
+    for job in jobs:
+        vector = cache.get(cache.key(job.digest))
+        if vector is None:
+            undone.append(job)
+            continue
+        vectors[job.index], done[job.index] = vector, True
+        stats.computed += 1
+    return undone
 
 
 def _copy_to_twins(

@@ -86,6 +86,7 @@ class RetrainConfig:
     test_batch_size: int = -1
     extraction_batch_size: int = DEFAULT_BATCH_SIZE
     runtime: str = "auto"  # what computes bottlenecks: auto, litert or tensorflow (retrain.runtimes)
+    ray_address: str | None = None  # compute missing bottlenecks on this Ray cluster (retrain.cluster)
     bottleneck_layers: str = "auto"  # a feature set of the backbone's (retrain.backbones.taps), or auto: chosen
     print_misclassified_test_images: bool = False
     summaries_dir: str | None = None
@@ -171,6 +172,8 @@ def run(config: RetrainConfig) -> RunResult:
 
         unfreeze_top(backbone, config.fine_tune_layers)  # fails now, not after extraction, if it cannot
     if backbone.from_scratch:
+        if config.ray_address:
+            raise RetrainError(f"--ray_address computes bottlenecks; {backbone.cache_id} trains from scratch on pixels")
         trained = _train_from_scratch(config, image_set, backbone)
     else:
         trained = _train_on_bottlenecks(config, image_set, backbone, bottleneck_dir)
@@ -265,7 +268,16 @@ def _train_on_bottlenecks(
     backbone = tapped(network, joint)
     cache = bottleneck_cache(bottleneck_dir, tap_caches(backbone))
     runtime = partial(open_runtime, backbone, bottleneck_dir, config.runtime)
-    splits, extraction, seconds = _bottlenecks(image_set, backbone, cache, config.extraction_batch_size, runtime)
+    cluster = _join_cluster(config, image_set, backbone, bottleneck_dir) if config.ray_address else None
+    try:
+        splits, extraction, seconds = _bottlenecks(
+            image_set, backbone, cache, config.extraction_batch_size, runtime, cluster
+        )
+    finally:
+        if cluster:
+            from retrain.cluster import disconnect
+
+            disconnect()
     report.extraction_summary(extraction, seconds, cache.directory)
     train, validation = splits["training"], splits["validation"]
     if len(set(train.labels.tolist())) < 2:
@@ -480,17 +492,32 @@ def _refit(config: RetrainConfig, num_classes: int):
     ]
 
 
+def _join_cluster(config: RetrainConfig, image_set: ImageSet, backbone: Backbone, bottleneck_dir: Path):
+    """Connects to --ray_address and checks that every node sees the folders, before any heavy work;
+    returns what computes the missing bottlenecks there (retrain.cluster.RayExtraction)."""
+    from retrain import cluster
+
+    info = cluster.connect(config.ray_address)
+    report.cluster_summary(info)
+    root = bottleneck_dir.absolute()  # workers do not share the driver's working directory
+    cluster.check_nodes_see(Path(config.image_dir).absolute(), image_set.labels, root)
+    cache = bottleneck_cache(root, tap_caches(backbone))
+    return cluster.RayExtraction(backbone, cache, config.runtime, config.extraction_batch_size)
+
+
 def _bottlenecks(
     image_set: ImageSet,
     backbone: Backbone,
     cache: BottleneckCache,
     batch_size: int,
     runtime: Callable[[], FeatureRuntime],
+    cluster: Callable | None = None,
 ) -> tuple[dict[str, Bottlenecks], ExtractionStats, float]:
     """Vectors for every split in one extraction pass; undecodable files are dropped from their split."""
     examples = [example for split in SPLITS for example in image_set.splits[split]]
     started = time.monotonic()
-    vectors, ok, stats = compute_bottlenecks([e.path for e in examples], backbone, cache, batch_size, runtime=runtime)
+    paths = [e.path for e in examples]
+    vectors, ok, stats = compute_bottlenecks(paths, backbone, cache, batch_size, runtime=runtime, cluster=cluster)
     seconds = time.monotonic() - started
     splits, start = {}, 0
     for split in SPLITS:

@@ -49,7 +49,7 @@ def backbone_summary(backbone: Backbone) -> None:
     _say(f"Backbone {backbone.cache_id}: {spec.height}x{spec.width} input, {backbone.feature_dim} features.")
 
 
-RUNTIME_NAMES = {"litert": "LiteRT", "tensorflow": "TensorFlow"}
+RUNTIME_NAMES = {"litert": "LiteRT", "tensorflow": "TensorFlow", "ray": "the Ray cluster"}
 
 
 def extraction_summary(stats: ExtractionStats, seconds: float, cache_dir: Path) -> None:
@@ -63,6 +63,15 @@ def extraction_summary(stats: ExtractionStats, seconds: float, cache_dir: Path) 
         f"Bottlenecks: {stats.cached} from cache, {stats.computed} computed{rate}{twins}, "
         f"{len(stats.skipped)} skipped, in {seconds:.1f}s; cache {cache_dir}"
     )
+
+
+def cluster_summary(info) -> None:
+    """Which cluster extraction runs on (retrain.cluster.ClusterInfo), and what joining it cost."""
+    _say(f"{info.describe()}; joined in {info.startup_seconds:.1f}s.")
+
+
+def cluster_extraction(images: int, nodes: int, seconds: float) -> None:
+    _say(f"Ray: {images} images through the backbone on {nodes} nodes in {seconds:.1f}s ({images / seconds:.1f}/s).")
 
 
 def augmentation_summary(augmentation: Augmentation, copies: int, stats: ExtractionStats, seconds: float) -> None:
