@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bottlenecks.py
 	$(BIN)/python bench/runs.py
+	$(BIN)/python bench/cluster.py
 
 # After changing a dependency in pyproject.toml: install it, then pin everything again.
 constraints: $(STAMP)

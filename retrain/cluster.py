@@ -74,7 +74,7 @@ def connect(address: str) -> ClusterInfo:
     try:
         if address == LOCAL:
             os.environ.setdefault(SINGLE_NODE_ENV, "0")  # binds the private cluster to loopback
-            ray.init(include_dashboard=False, **options)
+            ray.init(address="local", include_dashboard=False, **options)  # never an existing cluster
         else:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as e:
