@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 LOCAL = "local"  # --ray_address local: a private cluster on this machine, stopped with the run
 ACTOR_THREADS = 1  # each actor's LiteRT interpreter runs one thread: more actors use more cores
 ACTOR_CPUS = 0.75  # what an actor asks Ray for, so that with a read task's share a node runs an actor per core
+MAX_BLOCKS = 4096  # how finely the rows are split into read tasks, at most
 READ_TASK_CPUS = 0.25  # reading and resizing an image costs a fifth to a third of its forward pass
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's nodes use 127.0.0.1, not the host's address
 STALL_AFTER_BATCHES_ENV = "RETRAIN_RAY_STALL_AFTER_BATCHES"
@@ -59,7 +60,27 @@ class ClusterInfo:
 
     def describe(self) -> str:
         gpus = f", {self.gpus:g} GPUs" if self.gpus else ""
-        return f"Ray cluster at {self.address}: {self.nodes} nodes, {self.cpus:g} CPUs{gpus}"
+        nodes = f"{self.nodes} node" + ("s" if self.nodes != 1 else "")
+        return f"Ray cluster at {self.address}: {nodes}, {self.cpus:g} CPUs{gpus}"
+
+
+@dataclass(frozen=True)
+class ClusterTiming:
+    """One extraction on the cluster: the whole of it, and its steady state after the first vectors
+    came back (worker processes started, actors created, a backbone loaded in each)."""
+
+    images: int
+    seconds: float
+    start_up_seconds: float  # until the first batch of vectors reached the driver
+    first_batch: int
+    nodes: int
+
+    @property
+    def steady_rate(self) -> float:
+        """Images/s after the first batch, or the overall rate if it all came back at once."""
+        if self.seconds - self.start_up_seconds < 1e-6:
+            return self.images / max(self.seconds, 1e-9)
+        return (self.images - self.first_batch) / (self.seconds - self.start_up_seconds)
 
 
 def connect(address: str) -> ClusterInfo:
@@ -160,10 +181,12 @@ class RayExtraction:
         resources = ray.cluster_resources()
         gpus = 1 if resources.get("GPU") else None
         most = max(1, int(resources["GPU"]) if gpus else int(resources.get("CPU", 1) // (ACTOR_CPUS + READ_TASK_CPUS)))
-        actors = ray.data.ActorPoolStrategy(min_size=min(nodes, most), max_size=most)  # SPREAD: a node each first
-        rows = [{"path": str(path), "digest": digest} for path, digest in jobs]
+        # Ray Data places actors with SPREAD: the first `nodes` actors go one to a node.
+        actors = ray.data.ActorPoolStrategy(min_size=min(nodes, most), max_size=most)
+        rows = [{"path": os.path.abspath(path), "digest": digest} for path, digest in jobs]  # not the driver's cwd
+        blocks = max(1, min(len(rows) // self.batch_size, MAX_BLOCKS))  # a read task per batch: work spreads early
         dataset = (
-            ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // self.batch_size, 4 * most)))
+            ray.data.from_items(rows, override_num_blocks=blocks)
             .map_batches(
                 _read_images, fn_kwargs={"spec": self.backbone.input_spec}, batch_size=self.batch_size,
                 num_cpus=READ_TASK_CPUS,
@@ -171,18 +194,20 @@ class RayExtraction:
             .map_batches(
                 _ComputeVectors, fn_constructor_args=(self.backbone, self.cache, self.runtime),
                 batch_size=self.batch_size, compute=actors, num_cpus=ACTOR_CPUS, num_gpus=gpus,
-                scheduling_strategy="SPREAD",
             )
         )  # fmt: skip
         workers: set[str] = set()
-        started = time.monotonic()
+        started, first = time.monotonic(), None
         with progress_bar(total=len(rows), desc=f"Computing bottlenecks on Ray ({nodes} nodes)") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                if first is None:
+                    first = (time.monotonic() - started, len(batch["digest"]))
                 workers.update(batch["node"].tolist())
                 bar.update(len(batch["digest"]))
+        self.timing = ClusterTiming(len(rows), time.monotonic() - started, *(first or (0.0, 0)), len(workers))
         from retrain import report
 
-        report.cluster_extraction(len(rows), len(workers), time.monotonic() - started)
+        report.cluster_extraction(self.timing)
 
     def _convert_once(self) -> None:
         """The feature model, converted here once, before actors on every node look for it."""
@@ -229,7 +254,8 @@ class _ComputeVectors:
             time.sleep(3600)
         digests = batch["digest"]
         if len(digests):
-            for digest, vector in zip(digests, self.forward(batch["pixels"].astype(np.float32)), strict=True):
+            vectors = self.forward(np.asarray(batch["pixels"], dtype=np.float32))
+            for digest, vector in zip(digests, vectors, strict=True):
                 self.cache.put(self.cache.key(str(digest)), vector)
         self.batches += 1
         return {"digest": digests, "node": np.array([self.node] * len(digests), dtype=object)}
@@ -248,7 +274,7 @@ def _quiet_ray_data() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _first_line(error: BaseException) -> str:

@@ -70,8 +70,13 @@ def cluster_summary(info) -> None:
     _say(f"{info.describe()}; joined in {info.startup_seconds:.1f}s.")
 
 
-def cluster_extraction(images: int, nodes: int, seconds: float) -> None:
-    _say(f"Ray: {images} images through the backbone on {nodes} nodes in {seconds:.1f}s ({images / seconds:.1f}/s).")
+def cluster_extraction(timing) -> None:
+    """How a cluster's extraction went (retrain.cluster.ClusterTiming): overall, and once started."""
+    where = f"{timing.nodes} node" + ("s" if timing.nodes != 1 else "")
+    _say(
+        f"Ray: {timing.images} images through the backbone on {where} in {timing.seconds:.1f}s "
+        f"({timing.steady_rate:.1f} images/s after {timing.start_up_seconds:.1f}s to start the workers)."
+    )
 
 
 def augmentation_summary(augmentation: Augmentation, copies: int, stats: ExtractionStats, seconds: float) -> None:
