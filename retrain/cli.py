@@ -248,13 +248,11 @@ def entry_point(argv: list[str] | None = None) -> None:
         main.main(args=args, prog_name="retrain", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
     except click.UsageError as e:
         _fail(2, e.format_message(), verbose)
     except RetrainError as e:
         _fail(2, str(e), verbose)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort
         _fail(130, "interrupted; finished bottlenecks are cached, nothing was exported", verbose)
     except ModuleNotFoundError as e:
         if e.name not in TRAINING_MODULES:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 LOCAL = "local"  # --ray_address local: a private cluster on this machine, stopped with the run
 ACTOR_THREADS = 1  # each actor's LiteRT interpreter runs one thread: more actors use more cores
 ACTOR_CPUS = 0.75  # what an actor asks Ray for, so that with a read task's share a node runs an actor per core
+PROGRESS_LINES = 10  # without a terminal, a progress line each tenth of the way (a RayJob's log)
 MAX_BLOCKS = 4096  # how finely the rows are split into read tasks, at most
 READ_TASK_CPUS = 0.25  # reading and resizing an image costs a fifth to a third of its forward pass
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's nodes use 127.0.0.1, not the host's address
@@ -69,7 +70,7 @@ class ClusterTiming:
     """One extraction on the cluster: the whole of it, and its steady state after the first vectors
     came back (worker processes started, actors created, a backbone loaded in each)."""
 
-    images: int
+    images: int  # vectors computed (a file that would not decode is left out)
     seconds: float
     start_up_seconds: float  # until the first batch of vectors reached the driver
     first_batch: int
@@ -197,14 +198,18 @@ class RayExtraction:
             )
         )  # fmt: skip
         workers: set[str] = set()
-        started, first = time.monotonic(), None
+        started, first, done, logged = time.monotonic(), None, 0, 0
         with progress_bar(total=len(rows), desc=f"Computing bottlenecks on Ray ({nodes} nodes)") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 if first is None:
                     first = (time.monotonic() - started, len(batch["digest"]))
                 workers.update(batch["node"].tolist())
                 bar.update(len(batch["digest"]))
-        self.timing = ClusterTiming(len(rows), time.monotonic() - started, *(first or (0.0, 0)), len(workers))
+                done += len(batch["digest"])
+                if bar.disable and done * PROGRESS_LINES // len(rows) > logged:  # no terminal: a line per 10%
+                    logged = done * PROGRESS_LINES // len(rows)
+                    _progress_line(done, len(rows), time.monotonic() - started, len(workers))
+        self.timing = ClusterTiming(done, time.monotonic() - started, *(first or (0.0, 0)), len(workers))
         from retrain import report
 
         report.cluster_extraction(self.timing)
@@ -259,6 +264,13 @@ class _ComputeVectors:
                 self.cache.put(self.cache.key(str(digest)), vector)
         self.batches += 1
         return {"digest": digests, "node": np.array([self.node] * len(digests), dtype=object)}
+
+
+def _progress_line(done: int, total: int, seconds: float, nodes: int) -> None:
+    rate = done / max(seconds, 1e-9)
+    eta = (total - done) / max(rate, 1e-9)
+    where = f"{nodes} node" + ("s" if nodes != 1 else "")
+    print(f"Ray: {done}/{total} images, {rate:.1f} images/s on {where}, ETA {eta:.0f}s", flush=True)
 
 
 def _alive_nodes() -> list[dict]:

@@ -61,9 +61,9 @@ class RayCluster:
     nodes: list[Node] = field(default_factory=list)
 
     @classmethod
-    def start(cls, workers: list[dict] | None = None, head_cpus: int = 2) -> RayCluster:
-        """A head with `head_cpus` CPUs and one worker per dict in `workers` (keys: `cpus`, `env`,
-        `blind_to`: a folder the worker cannot see)."""
+    def start(cls, workers: list[dict] | None = None, head_cpus: int = 2, head_env: dict | None = None) -> RayCluster:
+        """A head with `head_cpus` CPUs (and the variables `head_env`) and one worker per dict in
+        `workers` (keys: `cpus`, `env`, `blind_to`: a folder the worker cannot see)."""
         require_cluster_tools()
         namespace = f"retrain-test-{os.getpid()}-{next(_names)}"
         subprocess.run(["ip", "netns", "add", namespace], check=True)
@@ -72,7 +72,7 @@ class RayCluster:
         env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
         cluster = cls(namespace, Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp")), env)  # short: socket paths
         try:
-            cluster._start_node("head", ["--head", "--port", str(PORT), "--num-cpus", str(head_cpus)], {})
+            cluster._start_node("head", ["--head", "--port", str(PORT), "--num-cpus", str(head_cpus)], head_env or {})
             cluster._wait_for_nodes(1)
             for number, worker in enumerate(workers or [], 1):
                 args = ["--address", ADDRESS, "--num-cpus", str(worker.get("cpus", 1))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,8 @@ def test_a_two_node_cluster_computes_what_a_local_run_computes(tmp_path: Path) -
 
     assert "Ray cluster at 127.0.0.1:6379: 2 nodes, 2 CPUs" in first.stdout
     assert "with the Ray cluster" in first.stdout
+    assert re.search(r"(?m)^Ray: 80 images through the backbone on [12] nodes? in ", first.stdout)
+    assert re.search(r"(?m)^Ray: \d+/81 images, [0-9.]+ images/s on [12] nodes?, ETA \d+s$", first.stdout)
     assert _computed(first.stdout) == _computed(local.stdout) == (0, 80)
     assert _computed(again.stdout) == (80, 0)  # a rerun computes nothing
     skipped = f"skipping {images / '0' / 'broken.jpg'}: not a decodable image"
@@ -121,6 +124,30 @@ def test_a_node_lost_mid_extraction_costs_no_vector_and_no_entry(tmp_path: Path)
     assert _computed(output) == (0, 200)
     assert len(_entries(tmp_path / "cache")) >= 200
     assert _computed(again.stdout) == (200, 0)
+
+
+def test_a_driver_interrupted_mid_extraction_leaves_a_cache_the_rerun_completes(tmp_path: Path) -> None:
+    """The head's only actor computes one batch and stalls; Ctrl-C on the driver then ends the run
+    with exit code 130. What was computed is cached whole, and a local rerun computes only the rest."""
+    images = _images(tmp_path / "images", per_class=20)
+    cluster = RayCluster.start(workers=[], head_cpus=1, head_env={STALL_AFTER_BATCHES_ENV: "1"})
+    try:
+        command = _retrain(images, tmp_path / "cache", tmp_path / "model", "--ray_address", ADDRESS)
+        driver = cluster.popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = _read_until(driver, "retrain: stalling after 1 batches", timeout=600)
+        driver.send_signal(signal.SIGINT)
+        rest, _ = driver.communicate(timeout=300)
+    finally:
+        cluster.stop()
+    output += rest
+    assert driver.returncode == 130, output[-3000:]
+    assert "retrain: error: interrupted; finished bottlenecks are cached, nothing was exported" in output
+    cached = len(_entries(tmp_path / "cache"))  # whole entries only: _entries fails on a partial one
+    assert cached >= 32 and not (tmp_path / "model").exists()
+    rerun = subprocess.run(_retrain(images, tmp_path / "cache", tmp_path / "model"), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    from_cache, computed = _computed(rerun.stdout)
+    assert from_cache >= 32 and from_cache + computed == 100
 
 
 def test_a_node_that_cannot_see_the_image_dir_is_named_before_any_work(tmp_path: Path) -> None:
