@@ -83,6 +83,11 @@ class RayCluster:
             raise
         return cluster
 
+    def add_worker(self, cpus: int = 1) -> None:
+        """One more worker node, joined while the cluster runs (a replacement machine)."""
+        self._start_node(f"worker{len(self.nodes)}", ["--address", ADDRESS, "--num-cpus", str(cpus)], {})
+        self._wait_for_nodes(sum(node.process.poll() is None for node in self.nodes))
+
     def _start_node(self, name: str, args: list[str], env: dict[str, str], blind_to: Path | None = None) -> None:
         command = [RAY, "start", *args, "--node-ip-address", "127.0.0.1", "--block"]
         command += ["--temp-dir", str(self.temp_dir), "--disable-usage-stats"]

@@ -104,15 +104,17 @@ def test_a_two_node_cluster_computes_what_a_local_run_computes(tmp_path: Path) -
 
 
 def test_a_node_lost_mid_extraction_costs_no_vector_and_no_entry(tmp_path: Path) -> None:
-    """The worker computes one batch, then stalls with its next batch in flight and is killed: Ray
-    restarts its actor on the head and reruns that batch; the run completes, every cache entry is
-    whole, and a rerun computes nothing."""
+    """Two one-CPU nodes hold one actor each (0.75 + 0.25 CPU fill a node). The worker's actor
+    computes one batch, then stalls with its next batch in flight; a replacement node joins and the
+    worker is killed: Ray restarts its actor on the new node and reruns that batch. The run
+    completes, every cache entry is whole, and a rerun computes nothing."""
     images = _images(tmp_path / "images", per_class=40)
-    cluster = RayCluster.start(workers=[{"cpus": 1, "env": {STALL_AFTER_BATCHES_ENV: "1"}}], head_cpus=2)
+    cluster = RayCluster.start(workers=[{"cpus": 1, "env": {STALL_AFTER_BATCHES_ENV: "1"}}], head_cpus=1)
     try:
         command = _retrain(images, tmp_path / "cache", tmp_path / "model", "--ray_address", ADDRESS)
         driver = cluster.popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         output = _read_until(driver, "retrain: stalling after 1 batches", timeout=600)
+        cluster.add_worker(cpus=1)
         cluster.kill("worker1")
         rest, _ = driver.communicate(timeout=900)
         output += rest
