@@ -37,8 +37,6 @@ from retrain.errors import RetrainError
 from retrain.progress import progress_bar
 from serve.preprocess import ImageDecodeError, InputSpec, preprocess
 
-log = logging.getLogger(__name__)
-
 LOCAL = "local"  # --ray_address local: a private cluster on this machine, stopped with the run
 ACTOR_THREADS = 1  # each actor's LiteRT interpreter runs one thread: more actors use more cores
 ACTOR_CPUS = 0.75  # what an actor asks Ray for, so that with a read task's share a node runs an actor per core
@@ -58,11 +56,6 @@ class ClusterInfo:
     cpus: float
     gpus: float
     startup_seconds: float
-
-    def describe(self) -> str:
-        gpus = f", {self.gpus:g} GPUs" if self.gpus else ""
-        nodes = f"{self.nodes} node" + ("s" if self.nodes != 1 else "")
-        return f"Ray cluster at {self.address}: {nodes}, {self.cpus:g} CPUs{gpus}"
 
 
 @dataclass(frozen=True)
@@ -176,11 +169,13 @@ class RayExtraction:
         import ray
         import ray.data
 
-        if self.runtime != "tensorflow" and not ray.cluster_resources().get("GPU"):
-            self._convert_once()
-        nodes = len(_alive_nodes())
+        from retrain import report
+
         resources = ray.cluster_resources()
         gpus = 1 if resources.get("GPU") else None
+        if self.runtime != "tensorflow" and not gpus:
+            self._convert_once()
+        nodes = len(_alive_nodes())
         most = max(1, int(resources["GPU"]) if gpus else int(resources.get("CPU", 1) // (ACTOR_CPUS + READ_TASK_CPUS)))
         # Ray Data places actors with SPREAD: the first `nodes` actors go one to a node.
         actors = ray.data.ActorPoolStrategy(min_size=min(nodes, most), max_size=most)
@@ -199,7 +194,7 @@ class RayExtraction:
         )  # fmt: skip
         workers: set[str] = set()
         started, first, done, logged = time.monotonic(), None, 0, 0
-        with progress_bar(total=len(rows), desc=f"Computing bottlenecks on Ray ({nodes} nodes)") as bar:
+        with progress_bar(total=len(rows), desc=f"Computing bottlenecks on Ray ({report.nodes(nodes)})") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 if first is None:
                     first = (time.monotonic() - started, len(batch["digest"]))
@@ -208,10 +203,8 @@ class RayExtraction:
                 done += len(batch["digest"])
                 if bar.disable and done * PROGRESS_LINES // len(rows) > logged:  # no terminal: a line per 10%
                     logged = done * PROGRESS_LINES // len(rows)
-                    _progress_line(done, len(rows), time.monotonic() - started, len(workers))
+                    report.cluster_progress(done, len(rows), time.monotonic() - started, len(workers))
         self.timing = ClusterTiming(done, time.monotonic() - started, *(first or (0.0, 0)), len(workers))
-        from retrain import report
-
         report.cluster_extraction(self.timing)
 
     def _convert_once(self) -> None:
@@ -264,13 +257,6 @@ class _ComputeVectors:
                 self.cache.put(self.cache.key(str(digest)), vector)
         self.batches += 1
         return {"digest": digests, "node": np.array([self.node] * len(digests), dtype=object)}
-
-
-def _progress_line(done: int, total: int, seconds: float, nodes: int) -> None:
-    rate = done / max(seconds, 1e-9)
-    eta = (total - done) / max(rate, 1e-9)
-    where = f"{nodes} node" + ("s" if nodes != 1 else "")
-    print(f"Ray: {done}/{total} images, {rate:.1f} images/s on {where}, ETA {eta:.0f}s", flush=True)
 
 
 def _alive_nodes() -> list[dict]:

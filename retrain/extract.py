@@ -218,7 +218,7 @@ def _from_cache(
 def _collect(
     jobs: list[_Job], cache: BottleneckCache, vectors: np.ndarray, done: np.ndarray, stats: ExtractionStats
 ) -> list[_Job]:
-    """Fills the rows a cluster computed into the cache; returns the jobs it left undone."""
+    """Fills in, from the cache, the rows a cluster computed; returns the jobs it left undone."""
     undone = []
     for job in jobs:
         vector = cache.get(cache.key(job.digest))

@@ -500,7 +500,11 @@ def _join_cluster(config: RetrainConfig, image_set: ImageSet, backbone: Backbone
     info = cluster.connect(config.ray_address)
     report.cluster_summary(info)
     root = bottleneck_dir.absolute()  # workers do not share the driver's working directory
-    cluster.check_nodes_see(Path(config.image_dir).absolute(), image_set.labels, root)
+    try:
+        cluster.check_nodes_see(Path(config.image_dir).absolute(), image_set.labels, root)
+    except RetrainError:
+        cluster.disconnect()  # a private cluster (`local`) stops now, not at interpreter exit
+        raise
     cache = bottleneck_cache(root, tap_caches(backbone))
     return cluster.RayExtraction(backbone, cache, config.runtime, config.extraction_batch_size)
 

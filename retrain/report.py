@@ -65,16 +65,30 @@ def extraction_summary(stats: ExtractionStats, seconds: float, cache_dir: Path) 
     )
 
 
+def nodes(count: int) -> str:
+    return f"{count} node" + ("s" if count != 1 else "")
+
+
 def cluster_summary(info) -> None:
     """Which cluster extraction runs on (retrain.cluster.ClusterInfo), and what joining it cost."""
-    _say(f"{info.describe()}; joined in {info.startup_seconds:.1f}s.")
+    gpus = f", {info.gpus:g} GPUs" if info.gpus else ""
+    _say(
+        f"Ray cluster at {info.address}: {nodes(info.nodes)}, {info.cpus:g} CPUs{gpus}; "
+        f"joined in {info.startup_seconds:.1f}s."
+    )
+
+
+def cluster_progress(done: int, total: int, seconds: float, workers: int) -> None:
+    """A progress line for logs without a terminal (a RayJob's)."""
+    rate = done / max(seconds, 1e-9)
+    eta = (total - done) / max(rate, 1e-9)
+    _say(f"Ray: {done}/{total} images, {rate:.1f} images/s on {nodes(workers)}, ETA {eta:.0f}s")
 
 
 def cluster_extraction(timing) -> None:
     """How a cluster's extraction went (retrain.cluster.ClusterTiming): overall, and once started."""
-    where = f"{timing.nodes} node" + ("s" if timing.nodes != 1 else "")
     _say(
-        f"Ray: {timing.images} images through the backbone on {where} in {timing.seconds:.1f}s "
+        f"Ray: {timing.images} images through the backbone on {nodes(timing.nodes)} in {timing.seconds:.1f}s "
         f"({timing.steady_rate:.1f} images/s after {timing.start_up_seconds:.1f}s to start the workers)."
     )
 
