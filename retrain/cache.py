@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -47,9 +48,10 @@ class BottleneckCache:
 
     def get(self, key: str) -> np.ndarray | None:
         """The cached vector, or None when missing or unreadable (a warning names the bad entry)."""
-        path = self.path(key)
+        path = os.path.join(self.directory, key[:2], f"{key}.npy")  # a rerun reads thousands: no pathlib
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as file:
+                data = file.read()
             if data.startswith(self._header) and len(data) == len(self._header) + 4 * self.feature_dim:
                 vector = np.frombuffer(data, np.float32, offset=len(self._header))  # np.load parses the header
             else:

@@ -19,7 +19,7 @@ from retrain.quiet import show_tensorflow_logs
 
 DEFAULT_AUGMENTATION_COPIES = 4
 # Installed by the `train` extra only; the serve image has the `retrain` script but none of these.
-TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "flatbuffers", "matplotlib", "tqdm")
+TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "flatbuffers", "tqdm")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
 BATCHES_IN_FLIGHT = 3
+LOOKUP_CHUNK = 64
+"""Files a cache-lookup task reads: a task per file spent more on futures and the GIL than on reading."""
 
 
 @dataclass
@@ -193,7 +196,8 @@ def _from_cache(
     """Fills `vectors` rows from the cache; returns the images with versions still to compute, one
     job per distinct content (a file identical to an earlier miss becomes that job's twin)."""
     misses: dict[str, _Job] = {}  # by content digest
-    lookups = pool.map(lambda path: _lookup(path, cache, versions), paths)
+    chunks = [paths[start : start + LOOKUP_CHUNK] for start in range(0, len(paths), LOOKUP_CHUNK)]
+    lookups = chain.from_iterable(pool.map(lambda chunk: [_lookup(path, cache, versions) for path in chunk], chunks))
     for index, (digest, found, error) in enumerate(progress_bar(lookups, total=len(paths), desc="Checking cache")):
         if error is not None:
             _skip(stats, paths[index], error)

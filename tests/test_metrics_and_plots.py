@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,12 @@ from retrain.metrics import (
 from retrain.plots import (
     FINE_TUNING_LABEL,
     MAX_ANNOTATED_CLASSES,
+    MAX_MATRIX_SIDE,
+    TRAIN_COLOR,
+    VALIDATION_COLOR,
+    ZERO_COLOR,
     confusion_matrix_figure,
+    nice_ticks,
     save_png,
     training_curves_figure,
 )
@@ -108,47 +114,53 @@ def test_shorten_label_keeps_both_ends() -> None:
     assert names[0] != names[1] and all(len(name) == 24 and "…" in name for name in names)
 
 
-def _tick_texts(ticks) -> list[str]:
-    return [tick.get_text() for tick in ticks]
-
-
 def test_confusion_matrix_figure_is_labelled_and_annotated(tmp_path: Path) -> None:
     matrix = np.arange(100).reshape(10, 10) + 2000 * np.eye(10, dtype=int)  # mostly right
     matrix[3, 7] = 0
     figure = confusion_matrix_figure(matrix, DIGITS, "Confusion matrix — test set (24950 images)")
-    axes = figure.axes[0]
-    assert _tick_texts(axes.get_xticklabels()) == DIGITS
-    assert _tick_texts(axes.get_yticklabels()) == DIGITS
-    assert axes.get_xlabel() == "Predicted label" and axes.get_ylabel() == "True label"
-    assert axes.get_title() == "Confusion matrix — test set (24950 images)"
-    assert len(axes.texts) == 100
-    # Row 3, column 7: the cell text sits at x=column, y=row and prints the raw count.
-    cells = {(round(text.get_position()[1]), round(text.get_position()[0])): text.get_text() for text in axes.texts}
-    assert cells[(3, 7)] == "0" and cells[(7, 3)] == "73" and cells[(0, 9)] == "9"
-    assert "share" in figure.axes[1].get_ylabel().lower()  # the colourbar says what the colour means
+    assert figure.labels == DIGITS and not figure.slanted
+    assert figure.x_label == "Predicted label" and figure.y_label == "True label"
+    assert figure.title == "Confusion matrix — test set (24950 images)"
+    cells = {(row, column): figure.cell_text(row, column) for row in range(10) for column in range(10)}
+    assert all(text is not None for text in cells.values())
+    # Row 3, column 7: rows are true labels, columns predicted ones, and the cell prints the raw count.
+    assert cells[(3, 7)][0] == "0" and cells[(7, 3)][0] == "73" and cells[(0, 9)][0] == "9"
+    assert "share" in figure.colorbar_label.lower()  # the colourbar says what the colour means
     # Colours are each true row's shares, in the same orientation as the counts.
-    np.testing.assert_allclose(axes.images[0].get_array(), matrix / matrix.sum(axis=1, keepdims=True))
-    colors = {text.get_text(): text.get_color() for text in axes.texts}
+    np.testing.assert_allclose(figure.shares, matrix / matrix.sum(axis=1, keepdims=True))
+    colors = {text: color for text, color in cells.values()}
     assert colors["2099"] == "white" and colors["1"] != "white"  # readable on dark cells and on light ones
+    assert colors["0"] == ZERO_COLOR  # zero counts recede
 
     path = tmp_path / "confusion_matrix.png"
-    save_png(figure, path)
+    save_png(figure, path, {"Classes": json.dumps(DIGITS)})
     _assert_png(path, min_width=300)
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    with Image.open(path) as image:
+        assert json.loads(image.text["Classes"]) == DIGITS
+        pixels = np.asarray(image.convert("RGB"), dtype=int)
+    # The darkest pixels are the diagonal's cells (shares near 100%), the palest the empty ones.
+    assert pixels.sum(axis=2).min() < 3 * 80 and (pixels == 255).all(axis=2).mean() > 0.2
 
 
-def test_confusion_matrix_figure_long_and_many_labels() -> None:
+def test_confusion_matrix_figure_long_and_many_labels(tmp_path: Path) -> None:
     labels = [f"class_{i}_with_a_long_name" for i in range(24)] + ["x" * 40 + "_end"]
     figure = confusion_matrix_figure(np.eye(25, dtype=int) * 3, labels, "many")
-    axes = figure.axes[0]
-    assert _tick_texts(axes.get_yticklabels()) == [*labels[:24], "x" * 15 + "…" + "x" * 10 + "_end"]
-    assert axes.get_xticklabels()[0].get_rotation() == 45
-    assert len(axes.texts) == 25 * 25
+    assert figure.labels == [*labels[:24], "x" * 15 + "…" + "x" * 10 + "_end"]
+    assert figure.slanted  # names wider than a column are written at 45 degrees
+    assert all(figure.cell_text(row, column) for row in range(25) for column in range(25))
+    save_png(figure, tmp_path / "many.png")
+    _assert_png(tmp_path / "many.png", min_width=800)
 
     many = [f"c{i}" for i in range(MAX_ANNOTATED_CLASSES + 1)]
     crowded = confusion_matrix_figure(np.ones((len(many), len(many)), dtype=int), many, "crowded")
-    assert len(crowded.axes[0].texts) == 0  # too small to read: colours only
-    assert _tick_texts(crowded.axes[0].get_xticklabels()) == many
+    assert crowded.cell_text(0, 0) is None  # too small to read: colours only
+    assert crowded.labels == many
+
+    thousand = confusion_matrix_figure(np.eye(1000, dtype=int), [f"c{i}" for i in range(1000)], "a thousand")
+    save_png(thousand, tmp_path / "thousand.png")
+    with Image.open(tmp_path / "thousand.png") as image:
+        assert max(image.size) < 3 * MAX_MATRIX_SIDE  # a picture, not a poster
 
     with pytest.raises(ValueError, match="does not match"):
         confusion_matrix_figure(np.eye(3), ["a", "b"], "bad")
@@ -161,35 +173,41 @@ def _curves(points: int) -> tuple[list[int], list[float], list[float]]:
     return steps, accuracy, cross_entropy
 
 
-def _legend(axes) -> list[str]:
-    return _tick_texts(axes.get_legend().get_texts())
-
-
 def test_training_curves_figure_panels_and_validation_gaps(tmp_path: Path) -> None:
     steps, accuracy, cross_entropy = _curves(20)
     validation = [a - 0.05 if i % 4 == 0 else None for i, a in enumerate(accuracy)]
     figure = training_curves_figure(steps, accuracy, validation, cross_entropy, [c + 0.1 for c in cross_entropy])
-    accuracy_axes, loss_axes = figure.axes
-    assert accuracy_axes.get_title() == "Accuracy" and loss_axes.get_title() == "Cross entropy"
-    assert accuracy_axes.get_xlabel() == loss_axes.get_xlabel() == "Training step"
-    assert _legend(accuracy_axes) == _legend(loss_axes) == ["train", "validation"]
-    validation_line = accuracy_axes.get_lines()[1]
-    assert list(validation_line.get_xdata()) == steps[::4]  # None entries skipped, not drawn as 0
-    assert accuracy_axes.get_ylim() == (0.0, 1.02)
-    assert accuracy_axes.yaxis.get_major_formatter()(0.5, 0) == "50%"
+    accuracy_panel, loss_panel = figure.panels
+    assert accuracy_panel.title == "Accuracy" and loss_panel.title == "Cross entropy"
+    assert accuracy_panel.x_label == loss_panel.x_label == "Training step"
+    assert accuracy_panel.legend == loss_panel.legend == ["train", "validation"]
+    validation_line = accuracy_panel.lines[1]
+    assert list(validation_line.x) == steps[::4]  # None entries skipped, not drawn as 0
+    assert accuracy_panel.y_range == (0.0, 1.02)
+    assert dict(accuracy_panel.y_ticks())[0.6] == "60%"
+    assert loss_panel.y_range[0] == 0.0 and loss_panel.y_range[1] >= 2.4  # every value in view
+    assert [text for _, text in accuracy_panel.x_ticks()] == ["0", "25", "50", "75", "100", "125", "150", "175"]
+    assert figure.note == ""  # 20 evaluations: drawn as they are, nothing smoothed
 
     path = tmp_path / "training_curves.png"
     save_png(figure, path)
     _assert_png(path, min_width=800)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=int)
+    # Both colours are on the picture: the train line (blue) and the validation line (vermillion).
+    for color in (TRAIN_COLOR, VALIDATION_COLOR):
+        target = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(pixels - target).sum(axis=2) < 30).sum() > 200
 
 
 def test_training_curves_figure_without_validation_and_with_phase_boundary() -> None:
     steps, accuracy, cross_entropy = _curves(200)
     figure = training_curves_figure(steps, accuracy, None, cross_entropy, [None] * 200, phase_boundary=1500)
-    for axes in figure.axes:
-        assert _legend(axes) == ["train", FINE_TUNING_LABEL]
-        boundary = axes.get_lines()[-1]
-        assert list(boundary.get_xdata()) == [1500, 1500] and boundary.get_linestyle() == "--"
+    for panel in figure.panels:
+        assert panel.legend == ["train", FINE_TUNING_LABEL]
+        boundary = panel.lines[-1]
+        assert list(boundary.x) == [1500, 1500] and boundary.dashed
+    figure.render()
 
 
 def test_many_evaluations_are_smoothed_within_each_phase() -> None:
@@ -197,12 +215,20 @@ def test_many_evaluations_are_smoothed_within_each_phase() -> None:
     accuracy = [0.5 if step < 1500 else 0.9 for step in steps]  # fine-tuning jumps at step 1500
     straight = np.linspace(2.0, 0.5, 200)
     figure = training_curves_figure(steps, accuracy, None, straight.tolist(), None, phase_boundary=1500)
-    raw, smoothed = figure.axes[0].get_lines()[:2]
-    assert raw.get_alpha() < 1 and list(smoothed.get_xdata()) == steps  # raw values stay visible, faint
-    np.testing.assert_allclose(smoothed.get_ydata(), accuracy)  # no averaging across the phase boundary
-    loss = figure.axes[1].get_lines()[1].get_ydata()
+    raw, smoothed = figure.panels[0].lines[:2]
+    assert raw.opacity < 1 and raw.label is None and list(smoothed.x) == steps  # raw values stay visible, faint
+    np.testing.assert_allclose(smoothed.y, accuracy)  # no averaging across the phase boundary
+    loss = figure.panels[1].lines[1].y
     np.testing.assert_allclose(loss[5:145], straight[5:145])  # centred: a straight line stays put, no lag
-    assert "moving average" in figure.get_suptitle()
+    assert "moving average over 9 evaluations" in figure.note
+
+
+def test_ticks_are_round_numbers() -> None:
+    assert list(nice_ticks(0.0, 1.02, most=6)) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert list(nice_ticks(-39.99, 4038.99, most=8, integer=True)) == [0, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000]
+    assert list(nice_ticks(0.0, 0.021, most=6)) == [0.0, 0.005, 0.01, 0.015, 0.02]
+    assert list(nice_ticks(0.0, 3.0, most=8, integer=True)) == [0, 1, 2, 3]  # no half steps
+    assert list(nice_ticks(0.0, 12.0, most=4, integer=True)) == [0, 5, 10]  # 2.5 is no whole number
 
 
 def test_save_png_replaces_an_existing_file(tmp_path: Path) -> None:
@@ -214,10 +240,10 @@ def test_save_png_replaces_an_existing_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["training_curves.png"]
 
 
-def test_metrics_need_no_tensorflow_and_plots_no_pyplot() -> None:
+def test_metrics_and_plots_need_no_tensorflow_and_no_matplotlib() -> None:
     code = (
         "import sys, retrain.metrics, retrain.plots; "
-        "print(sorted(m for m in ('tensorflow', 'matplotlib.pyplot') if m in sys.modules))"
+        "print(sorted(m for m in ('tensorflow', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -49,19 +49,15 @@ def test_the_printed_table_is_aligned_and_ends_with_the_macro_average() -> None:
     assert lines[1].split()[1:] == ["1.000", "1.000", "1.000", "1"]
 
 
-def _labels_of(axis) -> list[str]:
-    return [tick.get_text() for tick in axis.get_ticklabels()]
-
-
 def test_confusion_matrix_figure_names_the_classes_and_counts_every_cell(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     matrix = metrics.confusion_matrix(rng.integers(0, 10, size=188), rng.integers(0, 10, size=188), 10)
     figure = plots.confusion_matrix_figure(matrix, DIGITS, "Confusion matrix, test set (188 images)")
-    axes = figure.axes[0]
-    assert _labels_of(axes.xaxis) == DIGITS and _labels_of(axes.yaxis) == DIGITS
-    assert (axes.get_xlabel(), axes.get_ylabel()) == ("Predicted label", "True label")
-    assert axes.get_title() == "Confusion matrix, test set (188 images)"
-    assert sorted(int(text.get_text()) for text in axes.texts) == sorted(matrix.ravel().tolist())
+    assert figure.labels == DIGITS
+    assert (figure.x_label, figure.y_label) == ("Predicted label", "True label")
+    assert figure.title == "Confusion matrix, test set (188 images)"
+    printed = [figure.cell_text(row, column)[0] for row in range(10) for column in range(10)]
+    assert sorted(map(int, printed)) == sorted(matrix.ravel().tolist())
     path = tmp_path / "confusion_matrix.png"
     plots.save_png(figure, path, {"Classes": json.dumps(DIGITS)})
     with Image.open(path) as image:
@@ -76,17 +72,11 @@ def test_training_curves_show_train_and_validation_and_where_fine_tuning_starts(
     entropy = [2.0 / (1 + s / 50) for s in steps]
     validation = [None if i % 3 else a - 0.05 for i, a in enumerate(accuracy)]
     figure = plots.training_curves_figure(steps, accuracy, validation, entropy, entropy, phase_boundary=400)
-    accuracy_axes, entropy_axes = figure.axes
-    assert accuracy_axes.get_xlabel() == entropy_axes.get_xlabel() == "Training step"
-    assert [line.get_label() for line in accuracy_axes.lines if not line.get_label().startswith("_")][:2] == [
-        "train",
-        "validation",
-    ]
-    validation_line = next(line for line in accuracy_axes.lines if line.get_label() == "validation")
-    assert len(validation_line.get_xdata()) == len([v for v in validation if v is not None])
-    assert any("fine-tuning" in text.get_text() for axes in figure.axes for text in axes.texts) or any(
-        "fine-tuning" in line.get_label() for axes in figure.axes for line in axes.lines
-    )
+    accuracy_panel, entropy_panel = figure.panels
+    assert accuracy_panel.x_label == entropy_panel.x_label == "Training step"
+    assert accuracy_panel.legend == ["train", "validation", plots.FINE_TUNING_LABEL]
+    validation_line = next(line for line in accuracy_panel.lines if line.label == "validation")
+    assert len(validation_line.x) == len([v for v in validation if v is not None])
     plots.save_png(figure, tmp_path / "curves.png")
     with Image.open(tmp_path / "curves.png") as image:
         assert image.format == "PNG" and image.width > 600
@@ -94,8 +84,8 @@ def test_training_curves_show_train_and_validation_and_where_fine_tuning_starts(
 
 def test_training_curves_without_validation_draw_only_training() -> None:
     figure = plots.training_curves_figure([0, 10, 20], [0.5, 0.7, 0.9], [None] * 3, [1.0, 0.6, 0.3], [None] * 3)
-    for axes in figure.axes:
-        assert [line.get_label() for line in axes.lines if not line.get_label().startswith("_")] == ["train"]
+    for panel in figure.panels:
+        assert panel.legend == ["train"]
 
 
 def test_plots_that_fail_cost_a_warning_not_the_model(
