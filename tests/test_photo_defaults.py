@@ -1,0 +1,98 @@
+"""No regression on photos: on photo-like JPEGs and on crops of real photographs, the default
+(`--bottleneck_layers auto`, which may pick the middle layer) is not worse than a softmax head on
+the final layer alone, nor than retrain.py's head. docs/experiments.md (d) measures the same on
+larger sets, three seeds; this is its quick guard, through the real `retrain` command.
+
+The pictures come from experiments/photos.py with a fixed seed, so every run here sees the same
+bytes and, with `--random_seed` fixed, trains the same heads: the comparison is deterministic and
+does not depend on timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from experiments.common import OLD_HEAD
+from experiments.photos import PATTERN_CLASSES, REAL_CLASSES, write_patterns, write_real_crops
+from retrain.cli import main
+
+SEED = 0
+# image set: (writer, pictures a class, classes)
+SETS: dict[str, tuple[Callable[..., Path], int, int]] = {
+    "patterns": (write_patterns, 40, len(PATTERN_CLASSES)),
+    "real": (write_real_crops, 30, len(REAL_CLASSES)),
+}
+# A quarter of the pictures are test images (retrain's default is a tenth): about 60 a set, so that
+# one image is under 2 points. Every way below uses the same split, so only its own flags differ.
+SPLIT = ["--testing_percentage", "25", "--validation_percentage", "15", "--random_seed", str(SEED)]
+WAYS = {"default": [], "final": ["--bottleneck_layers", "final"], "old_head": OLD_HEAD}
+# Both heads are deterministic for a given seed; this covers float noise across machines only
+# (another CPU or BLAS can round one borderline test image the other way), never a real loss.
+TOLERANCE = 1  # test images
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("photo_defaults")
+
+
+@pytest.fixture(scope="module", params=list(SETS))
+def runs(request: pytest.FixtureRequest, root: Path) -> dict[str, tuple[str, dict]]:
+    """Each way's printed log and model.json on one image set; all share one bottleneck cache."""
+    write, per_class, _ = SETS[request.param]
+    images = write(root / request.param, SEED, per_class=per_class)
+    results = {}
+    for way, flags in WAYS.items():
+        output = root / "models" / f"{request.param}-{way}"
+        args = ["--image_dir", str(images), *SPLIT, *flags, "--output_dir", str(output)]
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            main.main(args=[*args, "--bottleneck_dir", str(root / "cache")], standalone_mode=False)
+        results[way] = (log.getvalue(), json.loads((output / "model.json").read_text()))
+    return results
+
+
+def right(info: dict) -> int:
+    """Test images the export gets right."""
+    return round(info["metrics"]["test_accuracy"] * info["metrics"]["test_count"])
+
+
+def test_the_comparison_means_something(request: pytest.FixtureRequest, runs) -> None:
+    """The final layer alone is neither perfect nor at chance, so there is room to lose on either side."""
+    info = runs["final"][1]
+    count = info["metrics"]["test_count"]
+    classes = SETS[request.node.callspec.params["runs"]][2]
+    assert count >= 40 and all(i["metrics"]["test_count"] == count for _, i in runs.values())
+    assert right(info) <= count - 2 * TOLERANCE - 1, "final layer near perfect: this set cannot show a loss"
+    assert right(info) >= count / classes + 0.3 * count, "final layer near chance: this set says nothing"
+
+
+def test_the_default_is_not_worse_than_the_final_layer(runs) -> None:
+    default, final, old = (runs[way][1] for way in WAYS)
+    assert default["bottlenecks"]["features"] in ("final", "middle", "final+middle")
+    assert final["bottlenecks"]["features"] == old["bottlenecks"]["features"] == "final"
+    assert right(default) >= right(final) - TOLERANCE, (right(default), right(final))
+    assert right(default) >= right(old) - TOLERANCE, (right(default), right(old))
+
+
+def test_the_default_prints_and_records_its_choice(runs) -> None:
+    log, info = runs["default"]
+    choice = info["bottlenecks"]["choice"]
+    assert choice["method"].startswith("validation split (") and choice["chosen"] == info["bottlenecks"]["features"]
+    assert [(c["features"], c["dims"]) for c in choice["candidates"]] == [
+        ("final", 1280), ("middle", 448), ("final+middle", 1728)
+    ]  # fmt: skip
+    assert f"Bottleneck features, scored on the {choice['method']}:" in log
+    printed = {line.split()[0]: line for line in log.splitlines() if "features: accuracy" in line}
+    for candidate in choice["candidates"]:  # one line each: its scores, and a mark on the one kept
+        line = printed[candidate["features"]]
+        assert f"accuracy {candidate['accuracy']:.1%}" in line and f"{candidate['cross_entropy']:.3f}" in line
+        assert ("<- chosen" in line) == (candidate["features"] == choice["chosen"])
+    for way in ("final", "old_head"):  # asked for one feature set: nothing to choose
+        assert runs[way][1]["bottlenecks"]["choice"] is None and "Bottleneck features, scored" not in runs[way][0]
