@@ -135,7 +135,7 @@ def compute_bottlenecks(
     its own key. `stats.cached` and `stats.computed` count vectors, `stats.skipped` files.
     """
     versions = _versions(augmentation, copies, seed)
-    workers = workers or min(8, (os.cpu_count() or 2) + 2)
+    workers = workers or min(8, max(2, os.cpu_count() or 2))  # decoding threads beyond the cores only contend
     rows = len(paths) * versions.per_image
     vectors = np.zeros((rows, backbone.feature_dim), dtype=np.float32)
     done = np.zeros(rows, dtype=bool)
