@@ -44,11 +44,15 @@ class BottleneckCache:
         return hashlib.sha256((self._salt + digest).encode()).hexdigest()
 
     def path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npy"
+        return Path(self._location(key))
+
+    def _location(self, key: str) -> str:
+        """Where an entry lives, as a string: a rerun looks up thousands, and pathlib's joins cost more."""
+        return os.path.join(self.directory, key[:2], f"{key}.npy")
 
     def get(self, key: str) -> np.ndarray | None:
         """The cached vector, or None when missing or unreadable (a warning names the bad entry)."""
-        path = os.path.join(self.directory, key[:2], f"{key}.npy")  # a rerun reads thousands: no pathlib
+        path = self._location(key)
         try:
             with open(path, "rb") as file:
                 data = file.read()
