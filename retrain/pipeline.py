@@ -603,8 +603,8 @@ def _details(
             "macro_f1": metrics.macro_f1(per_class) if evaluation.count else None,
             "final_train_accuracy": last.train_accuracy if last else None,
             "final_cross_entropy": last.cross_entropy if last else None,
-            "final_validation_accuracy": last.validation_accuracy if last else None,
-            "validation_count": last.validation_count if last else len(splits["validation"].labels),
+            "final_validation_accuracy": _accuracy(trained.head, splits["validation"]),
+            "validation_count": len(splits["validation"].labels),
         },
         "training": {
             "seconds": round(trained.seconds, 2),
@@ -633,6 +633,13 @@ def _details(
         },
         "training_seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _accuracy(head: Head, split: Bottlenecks) -> float | None:
+    """The head's accuracy on a whole split (the logged validation steps score a random batch of it)."""
+    if not len(split.labels):
+        return None
+    return accuracy_and_cross_entropy(head.probabilities(split.features), split.labels)[0]
 
 
 def _version(distribution: str) -> str | None:

@@ -68,6 +68,20 @@ def test_export_layout_model_json_and_latest_link(digits_run) -> None:
     assert not [p for p in export.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
+def test_model_json_validation_accuracy_is_on_the_whole_split(digits_run) -> None:
+    """Not the last logged step's: that one scores a random batch of 100, drawn with replacement."""
+    from retrain.images import discover
+
+    result, _, _ = digits_run
+    info = json.loads((result.output_dir / "model.json").read_text())
+    validation = discover(str(DIGITS), 10, 10).splits["validation"]
+    paths, truth = [e.path for e in validation], [e.label_index for e in validation]
+    predicted = np.argmax(result.head.probabilities(export_vectors(result.output_dir, paths)), axis=1)
+    assert info["metrics"]["validation_count"] == len(paths) == 172
+    assert info["metrics"]["final_validation_accuracy"] == pytest.approx(np.mean(predicted == truth), abs=1e-12)
+    assert info["training"]["history"][-1]["validation_count"] == 100
+
+
 # Runs `retrain` with the given flags, then says which heavy modules the process had loaded.
 RETRAIN_AND_LIST_MODULES = """
 import atexit, sys
