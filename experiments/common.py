@@ -223,13 +223,13 @@ def save(name: str, table: str, runs: dict, about: dict, started: float) -> None
     print(table + "\n\n" + note)
 
 
-def work_folder(argv: list[str], name: str) -> tuple[Path, tuple[int, ...]]:
-    """`--work DIR` (default /tmp/retrain-experiments/<name>) and `--seeds 0 1 2` from the command line."""
+def work_folder(argv: list[str], name: str, seeds: tuple[int, ...] = SEEDS) -> tuple[Path, tuple[int, ...]]:
+    """`--work DIR` (default /tmp/retrain-experiments/<name>) and `--seeds` (default `seeds`) from the command line."""
     import argparse
 
     parser = argparse.ArgumentParser(description=f"experiment {name}")
     parser.add_argument("--work", type=Path, default=Path("/tmp/retrain-experiments") / name)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
     options = parser.parse_args(argv)
     options.work.mkdir(parents=True, exist_ok=True)
     from retrain.cli import _configure_logging
