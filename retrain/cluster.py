@@ -70,9 +70,14 @@ class ClusterTiming:
     nodes: int
 
     @property
+    def all_at_once(self) -> bool:
+        """Whether every vector came back with the first batch: then there is no steady state to time."""
+        return self.images <= self.first_batch or self.seconds - self.start_up_seconds < 1e-6
+
+    @property
     def steady_rate(self) -> float:
         """Images/s after the first batch, or the overall rate if it all came back at once."""
-        if self.seconds - self.start_up_seconds < 1e-6:
+        if self.all_at_once:
             return self.images / max(self.seconds, 1e-9)
         return (self.images - self.first_batch) / (self.seconds - self.start_up_seconds)
 

@@ -87,9 +87,12 @@ def cluster_progress(done: int, total: int, seconds: float, workers: int) -> Non
 
 def cluster_extraction(timing) -> None:
     """How a cluster's extraction went (retrain.cluster.ClusterTiming): overall, and once started."""
+    if timing.all_at_once:
+        pace = f"all with the first batch, {timing.start_up_seconds:.1f}s after the start, workers included"
+    else:
+        pace = f"{timing.steady_rate:.1f} images/s after {timing.start_up_seconds:.1f}s to start the workers"
     _say(
-        f"Ray: {timing.images} images through the backbone on {nodes(timing.nodes)} in {timing.seconds:.1f}s "
-        f"({timing.steady_rate:.1f} images/s after {timing.start_up_seconds:.1f}s to start the workers)."
+        f"Ray: {timing.images} images through the backbone on {nodes(timing.nodes)} in {timing.seconds:.1f}s ({pace})."
     )
 
 

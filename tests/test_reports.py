@@ -112,3 +112,20 @@ def test_plots_that_fail_cost_a_warning_not_the_model(
         result = run(config)
     assert "report plots could not be drawn (OSError" in caplog.text
     assert {p.name for p in result.output_dir.iterdir()} == {"labels.txt", "model.json", "model.tflite"}
+
+
+def test_cluster_summary_says_when_every_vector_came_with_the_first_batch(capsys) -> None:
+    """A small set comes back in one batch: there is no rate after start-up to print (it said 0.0 images/s)."""
+    from retrain import report
+    from retrain.cluster import ClusterTiming
+
+    report.cluster_extraction(ClusterTiming(images=36, seconds=3.1, start_up_seconds=3.0, first_batch=36, nodes=1))
+    report.cluster_extraction(ClusterTiming(images=100, seconds=4.0, start_up_seconds=2.0, first_batch=20, nodes=2))
+    one_batch, steady = capsys.readouterr().out.splitlines()
+    assert one_batch == (
+        "Ray: 36 images through the backbone on 1 node in 3.1s (all with the first batch, 3.0s after the start, "
+        "workers included)."
+    )
+    assert steady == (
+        "Ray: 100 images through the backbone on 2 nodes in 4.0s (40.0 images/s after 2.0s to start the workers)."
+    )
