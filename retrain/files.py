@@ -2,16 +2,18 @@
 
 Every file retrain leaves behind (a bottleneck, converted weights, a report plot) is written to a
 temporary name in its final folder and renamed into place, so a reader or a killed run sees either
-the whole file or none. `tempfile.mkstemp` creates that file with mode 0600; left so, a weights
-file baked into a container image as root is unreadable by the image's unprivileged user, and a
-cache shared by two users is private to whichever wrote each entry. So the file gets the mode any
-new file would get (0666 less the umask) before it is renamed.
+the whole file or none. The temporary file is created with the mode any new file gets (0666 less
+the umask), not `tempfile.mkstemp`'s 0600: left so, a weights file baked into a container image as
+root would be unreadable by the image's unprivileged user, and a cache shared by two users private
+to whichever wrote each entry. Creating it so, rather than chmod-ing it after, needs no reading of
+the umask, which means setting it: with extraction writing from several threads, another thread's
+file could be created under the momentary value.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,20 +27,22 @@ def replacing(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     stem, dot, extensions = path.name.partition(".")  # keeps ".weights.h5" whole: Keras checks it
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{stem[:40]}-", suffix=dot + extensions)
-    os.close(fd)
-    temporary = Path(name)
+    temporary = _new_file(path.parent, f".tmp-{stem[:40]}-", dot + extensions)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _new_file(folder: Path, prefix: str, suffix: str) -> Path:
+    """A new empty file in `folder` under a name nobody else holds (processes on other machines
+    may write the same shared folder), with the mode any new file gets."""
+    while True:
+        name = os.path.join(folder, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return Path(name)

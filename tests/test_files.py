@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,18 @@ def test_a_failure_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
         raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_threads_replacing_one_file_leave_one_whole_version(tmp_path: Path) -> None:
+    """Each writer gets a temporary name of its own, so concurrent writers never share one."""
+    target = tmp_path / "entry.npy"
+    payloads = [bytes([n]) * 4096 for n in range(64)]
+
+    def write(payload: bytes) -> None:
+        with replacing(target) as temporary:
+            temporary.write_bytes(payload)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(write, payloads))
+    assert target.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
