@@ -63,14 +63,23 @@ def main(argv: list[str]) -> None:
         "final+block7 on 2x2+middle": (final, Tap("block7_add", grid=2), middle),
     }
     vectors = _vectors(folder, cache, tuple(dict.fromkeys(tap for group in taps.values() for tap in group)))
-    rows: dict[str, dict[str, list[float]]] = {}
+    rows: dict[str, dict[str, list[float | None]]] = {}
     runs: dict[str, list[dict]] = {}
+    scored: dict[tuple, list[float]] = {}  # the default's head recurs in three groups: trained once
+
+    def record(group: str, label: str, seed: int, accuracy: float | None, **more) -> None:
+        rows.setdefault(group, {}).setdefault(label, []).append(accuracy)
+        runs.setdefault(f"{group}: {label}", []).append({"seed": seed, **more, "validation_accuracy": accuracy})
 
     def score(group: str, label: str, taps_used: tuple, hparams: dict, transform: Transform = _unchanged) -> None:
-        for seed in seeds:
-            accuracy = vectors.validation_accuracy(taps_used, seed, HParams(random_seed=seed, **hparams), transform)
-            rows.setdefault(group, {}).setdefault(label, []).append(accuracy)
-            runs.setdefault(f"{group}: {label}", []).append({"seed": seed, "validation_accuracy": accuracy})
+        key = (taps_used, tuple(sorted(hparams.items())), transform)
+        if key not in scored:
+            scored[key] = [
+                vectors.validation_accuracy(taps_used, seed, HParams(random_seed=seed, **hparams), transform)
+                for seed in seeds
+            ]
+        for seed, accuracy in zip(seeds, scored[key], strict=True):
+            record(group, label, seed, accuracy)
 
     for label, group_taps in taps.items():
         score("feature set", label, group_taps, {})
@@ -84,10 +93,7 @@ def main(argv: list[str]) -> None:
             args = ["--image_dir", folder, "--train_fraction", FRACTION, "--random_seed", seed, *flags]
             run = retrain(args, work / f"augment{list(AUGMENTATION).index(label)}-s{seed}", cache)
             accuracy = _final_middle_validation(run.export) if run.accuracy is not None else None
-            rows.setdefault("augmentation (command lines)", {}).setdefault(label, []).append(accuracy)
-            runs.setdefault(f"augmentation: {label}", []).append(
-                {"seed": seed, "command": run.command, "features": run.features, "validation_accuracy": accuracy}
-            )
+            record("augmentation (command lines)", label, seed, accuracy, command=run.command, features=run.features)
 
     count = len(vectors.validation_labels)
     default = rows["feature set"][DEFAULT_ROW]
