@@ -42,8 +42,9 @@ ENV RETRAIN_WEIGHTS_DIR=/opt/retrain/weights \
     RETRAIN_FEATURE_MODELS_DIR=/opt/retrain/feature_models \
     RETRAIN_CACHE_DIR=/cache \
     RETRAIN_MODELS_DIR=/models
-# Weights and the TFLite feature model converted once here, as root, into files every user can
-# read: the image trains offline and its first run converts nothing.
+# Weights and the TFLite feature models (Lite0's and Lite2's: what --architecture auto uses)
+# converted once here, as root, into files every user can read: the image trains offline and its
+# first run converts nothing.
 RUN python -m retrain.prefetch
 USER 1000:1000
 WORKDIR /home/retrain

@@ -8,11 +8,13 @@ images (the same 77 for every p and seed). Each way is a `retrain` command:
   (ii)   that CNN trained on digits 0-5, frozen, a new head        --base_model <0-5 CNN>
   (iii)  the same, all three conv layers fine-tuned                + --fine_tune_layers 3
   (iv)   (iii) with dropout before the head                       + --dropout 0.5
-  (v)    the default ImageNet backbone's bottlenecks               (no flags: --bottleneck_layers auto)
-  (vi)   (v) on the final layer only                              --bottleneck_layers final
-  (vii)  (v) on the middle layer on a 2x2 grid                    --bottleneck_layers middle
-  (viii) (v) on both                                              --bottleneck_layers final+middle
-  (ix)   (v) with retrain.py's head: final layer, plain SGD 0.01, no L2, raw bottlenecks
+  (v)    the default ImageNet backbones' bottlenecks              (no flags: --architecture auto, which
+                                                                   scores Lite2 too up to 20 images a
+                                                                   class, --bottleneck_layers auto)
+  (vi)   Lite0's final layer only          --architecture efficientnet_lite0 --bottleneck_layers final
+  (vii)  Lite0's middle layer on a 2x2 grid                       ... --bottleneck_layers middle
+  (viii) Lite0's both                                             ... --bottleneck_layers final+middle
+  (ix)   retrain.py's head: Lite0's final layer, plain SGD 0.01, no L2, raw bottlenecks
 The table shows, under (i)-(v), the same command as first measured with the TensorFlow head.
 """
 
@@ -22,6 +24,7 @@ import sys
 import time
 
 from common import (
+    LITE0,
     OLD_HEAD,
     chosen_sets,
     digit_folder,
@@ -42,10 +45,10 @@ METHODS = {
     "ii": "(ii) CNN from digits 0-5, frozen",
     "iii": "(iii) CNN from digits 0-5, fine-tuned",
     "iv": "(iv) (iii) + dropout 0.5",
-    "v": "(v) ImageNet EfficientNet-Lite0 bottlenecks (default: auto)",
-    "vi": "(vi) (v) with `--bottleneck_layers final`",
-    "vii": "(vii) (v) with `--bottleneck_layers middle`",
-    "viii": "(viii) (v) with `--bottleneck_layers final+middle`",
+    "v": "(v) ImageNet EfficientNet-Lite bottlenecks (default: auto)",
+    "vi": "(vi) Lite0, `--bottleneck_layers final`",
+    "vii": "(vii) Lite0, `--bottleneck_layers middle`",
+    "viii": "(viii) Lite0, `--bottleneck_layers final+middle`",
     "ix": "(ix) (v) with retrain.py's head (final layer, SGD 0.01, no L2, not standardised)",
 }
 OLD = ("i", "ii", "iii", "iv", "v")  # the methods measured before, each shown with its old row
@@ -73,9 +76,9 @@ def main(argv: list[str]) -> None:
                 "iii": [*transfer, "--fine_tune_layers", "3"],
                 "iv": [*transfer, "--fine_tune_layers", "3", "--dropout", "0.5"],
                 "v": common,
-                "vi": [*common, "--bottleneck_layers", "final"],
-                "vii": [*common, "--bottleneck_layers", "middle"],
-                "viii": [*common, "--bottleneck_layers", "final+middle"],
+                "vi": [*common, *LITE0, "--bottleneck_layers", "final"],
+                "vii": [*common, *LITE0, "--bottleneck_layers", "middle"],
+                "viii": [*common, *LITE0, "--bottleneck_layers", "final+middle"],
                 "ix": [*common, *OLD_HEAD],
             }
             for method, args in commands.items():

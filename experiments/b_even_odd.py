@@ -23,7 +23,7 @@ import sys
 import time
 
 from common import (
-    OLD_HEAD,
+    OLD_TRAINING,
     digit_folder,
     markdown_table,
     mean_spread,
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
                          "--random_seed", seed] for task in TASKS}  # fmt: skip
         for task in TASKS:
             record("pixels", task, seed, pixels[task])
-            record("pixels_old_head", task, seed, [*pixels[task], *OLD_HEAD])
+            record("pixels_old_head", task, seed, [*pixels[task], *OLD_TRAINING])
             record("hidden", task, seed, [*pixels[task], "--hidden_units", "64", "--export", "keras"])
         for task, other in (("even", "odd"), ("odd", "even")):
             base = work / f"hidden-{other}-s{seed}"

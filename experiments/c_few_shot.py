@@ -24,7 +24,9 @@ import time
 from common import (
     DIGITS,
     FEATURE_SETS,
+    LITE0,
     OLD_HEAD,
+    OLD_TRAINING,
     chosen_sets,
     markdown_table,
     mean_spread,
@@ -41,22 +43,25 @@ SHOTS = (1, 2, 5, None)  # None: every training image (about 144 per class)
 PIXELS = ["--architecture", "pixels", "--image_size", "8"]
 RETRAIN_PY = "retrain.py's head (final layer, SGD 0.01, no L2, not standardised)"
 METHODS = {
-    "softmax": ("softmax head, EfficientNet-Lite0 (default: auto)", []),
+    "softmax": ("softmax head, EfficientNet-Lite (default: auto)", []),
     **{
-        f"softmax-{name}": (f"softmax head, `--bottleneck_layers {name}`", ["--bottleneck_layers", name])
+        f"softmax-{name}": (
+            f"softmax head, Lite0, `--bottleneck_layers {name}`",
+            [*LITE0, "--bottleneck_layers", name],
+        )
         for name in FEATURE_SETS
     },
     "softmax-old-head": (f"softmax head, {RETRAIN_PY}", OLD_HEAD),
-    "prototype": ("prototype head, EfficientNet-Lite0 (auto)", ["--head", "prototype"]),
+    "prototype": ("prototype head, EfficientNet-Lite (auto)", ["--head", "prototype"]),
     **{
         f"prototype-{name}": (
-            f"prototype head, `--bottleneck_layers {name}`",
-            ["--head", "prototype", "--bottleneck_layers", name],
+            f"prototype head, Lite0, `--bottleneck_layers {name}`",
+            [*LITE0, "--head", "prototype", "--bottleneck_layers", name],
         )
         for name in FEATURE_SETS
     },
     "pixels": ("softmax regression on pixels", PIXELS),
-    "pixels-old-head": ("softmax regression on pixels, retrain.py's head", [*PIXELS, *OLD_HEAD[2:]]),
+    "pixels-old-head": ("softmax regression on pixels, retrain.py's head", [*PIXELS, *OLD_TRAINING]),
 }
 OLD = {"softmax": True, "prototype": True, "pixels": False}  # measured before; on the final layer?
 AUTO = ("softmax", "prototype")  # the rows that choose their feature set

@@ -36,9 +36,12 @@ SEEDS = (0, 1, 2)
 
 FEATURE_SETS = ("final", "middle", "final+middle")
 """The bottleneck feature sets EfficientNet-Lite0 offers (`--bottleneck_layers`); auto picks one per run."""
-OLD_HEAD = ["--bottleneck_layers", "final", "--optimizer", "sgd", "--learning_rate", "0.01",
-            "--l2_regularizer", "0", "--no_standardize"]  # fmt: skip
-"""retrain.py's head, the default before docs/decisions.md #30 and #31, in today's numpy trainer."""
+LITE0 = ["--architecture", "efficientnet_lite0"]
+"""Lite0 alone, as every default before docs/decisions.md #37 (auto also scores Lite2 with few images)."""
+OLD_TRAINING = ["--optimizer", "sgd", "--learning_rate", "0.01", "--l2_regularizer", "0", "--no_standardize"]
+OLD_HEAD = [*LITE0, "--bottleneck_layers", "final", *OLD_TRAINING]
+"""retrain.py's head on Lite0's final layer, the default before docs/decisions.md #30 and #31, in
+today's numpy trainer."""
 
 
 def old_label(title: str, final_layer: bool = False) -> str:
@@ -67,7 +70,8 @@ class Run:
     export: Path
     training_images: int | None
     training_seconds: float | None  # the training loops only (model.json `training.seconds`)
-    features: str | None  # the bottleneck feature set the head was trained on (model.json `bottlenecks.features`)
+    features: str | None  # the bottleneck feature set the head was trained on (model.json `bottlenecks.features`,
+    # prefixed "Lite2 " where that backbone's)
 
     def record(self, **keys) -> dict:
         """What the results' JSON keeps of this run, after `keys` (the run's place in the table)."""
@@ -114,6 +118,8 @@ def retrain(args: list, output: Path, cache: Path) -> Run:
     info = json.loads((output / "model.json").read_text())
     accuracy = info["metrics"]["test_accuracy"]
     features = info.get("bottlenecks", {}).get("features")
+    if features and info["backbone"].startswith("efficientnet_lite2"):
+        features = f"Lite2 {features}"  # auto chose Lite2's vectors (docs/decisions.md #37)
     print(f"{accuracy * 100:5.1f}%  {seconds:5.1f}s  {features:<12}  {command}", file=sys.stderr, flush=True)
     counts, training = info["counts"], info["training"]
     return Run(command, accuracy, seconds, output, counts["training_images"], training["seconds"], features)

@@ -22,6 +22,7 @@ import time
 
 from common import (
     FEATURE_SETS,
+    LITE0,
     OLD_HEAD,
     chosen_sets,
     markdown_table,
@@ -41,7 +42,7 @@ DATASETS = {
 }
 METHODS = {
     "default": ("the default (auto)", []),
-    **{name: (f"`--bottleneck_layers {name}`", ["--bottleneck_layers", name]) for name in FEATURE_SETS},
+    **{name: (f"Lite0, `--bottleneck_layers {name}`", [*LITE0, "--bottleneck_layers", name]) for name in FEATURE_SETS},
     "old-head": ("retrain.py's head (final layer, SGD 0.01, no L2, not standardised)", OLD_HEAD),
 }
 

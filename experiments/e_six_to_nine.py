@@ -25,11 +25,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from common import DIGITS, digit_folder, markdown_table, mean_spread, measured, retrain, save, work_folder
+from common import DIGITS, LITE0, digit_folder, markdown_table, mean_spread, measured, retrain, save, work_folder
 
 NAME = "e_six_to_nine"
 SEEDS = tuple(range(10, 30))
 FRACTION = 0.05  # 7 training images per class, as experiment a's p = 0.05
+NETWORK = "efficientnet_lite0@imagenet"  # the backbone whose taps the variants combine
 
 AUGMENTATION = {
     "no augmentation (the default)": [],
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> None:
     score("input transform, final+middle", "each tap L2-normalised", (final, middle), {}, _per_tap_normalised)
     for label, flags in AUGMENTATION.items():
         for seed in seeds:
-            args = ["--image_dir", folder, "--train_fraction", FRACTION, "--random_seed", seed, *flags]
+            args = ["--image_dir", folder, "--train_fraction", FRACTION, "--random_seed", seed, *LITE0, *flags]
             run = retrain(args, work / f"augment{list(AUGMENTATION).index(label)}-s{seed}", cache)
             accuracy = _final_middle_validation(run.export) if run.accuracy is not None else None
             record("augmentation (command lines)", label, seed, accuracy, command=run.command, features=run.features)
@@ -124,9 +125,9 @@ def _signed_square_root(features: np.ndarray, taps: tuple) -> np.ndarray:
 
 def _per_tap_normalised(features: np.ndarray, taps: tuple) -> np.ndarray:
     """Each tap's block of columns scaled to unit length, so no tap outweighs another by its width."""
-    from retrain.backbones.efficientnet_lite0_tflite import tap_width
+    from retrain.backbones.taps import tap_width
 
-    ends = np.cumsum([0] + [tap_width(tap) for tap in taps])
+    ends = np.cumsum([0] + [tap_width(NETWORK, tap) for tap in taps])
     blocks = [features[:, a:b] for a, b in itertools.pairwise(ends)]
     return np.concatenate([b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in blocks], axis=1)
 
@@ -134,8 +135,8 @@ def _per_tap_normalised(features: np.ndarray, taps: tuple) -> np.ndarray:
 class _Vectors:
     """Cached vectors of every split of one image folder, and heads trained on subsets of them."""
 
-    def __init__(self, image_set, joint: tuple, splits: dict, feature_dim: int) -> None:
-        self.image_set, self.joint, self.feature_dim = image_set, joint, feature_dim
+    def __init__(self, image_set, joint, splits: dict) -> None:
+        self.image_set, self.joint = image_set, joint  # the backbone tapped for every variant's taps
         training = splits["training"]
         self.row_of = {path: row for row, path in enumerate(training.paths)}
         self.train_features, self.train_labels = training.features, training.labels
@@ -149,7 +150,7 @@ class _Vectors:
 
         kept = limit_training(self.image_set, FRACTION, None, seed).splits["training"]
         rows = np.array([self.row_of[example.path] for example in kept])
-        columns = columns_of(self.joint, taps, self.feature_dim)
+        columns = columns_of(self.joint, taps)
         x, y = transform(self.train_features[rows][:, columns], taps), self.train_labels[rows]
         classes = len(self.image_set.labels)
         head, _ = train_head(x, y, x[:0], y[:0], classes, hparams)
@@ -171,7 +172,7 @@ def _vectors(folder: Path, cache: Path, joint: tuple) -> _Vectors:
     runtime = partial(open_runtime, backbone, cache, "auto")
     store = bottleneck_cache(cache, tap_caches(backbone))
     splits, _, _ = pipeline._bottlenecks(image_set, backbone, store, 32, runtime)
-    return _Vectors(image_set, joint, splits, backbone.feature_dim)
+    return _Vectors(image_set, backbone, splits)
 
 
 def _against(values: list[float | None], default: list[float | None], count: int) -> str:

@@ -1,8 +1,8 @@
 """A backbone converted to a TFLite feature model once, and kept like a bottleneck.
 
 The conversion happens the first time a backbone has images to compute; afterwards its `.tflite`
-file is read from the cache. The default backbone, Lite0 with its ImageNet weights, is written by
-retrain's own numpy builder (`retrain.backbones.efficientnet_lite0_tflite`: 0.1 s, no TensorFlow);
+file is read from the cache. EfficientNet-Lite0 (the default) and Lite2 with their ImageNet weights
+are written by retrain's own numpy builder (`retrain.backbones.efficientnet_lite_tflite`: 0.1 s, no TensorFlow);
 any other goes through TensorFlow's converter (seconds, and TensorFlow's ~1 GB). The key names
 the exact network and weights (the backbone's cache id) and what made the file (the builder's
 version, or TensorFlow's), so a new converter never reuses an old conversion. Files are written
@@ -31,8 +31,12 @@ OUTPUT_NAME = "features"
 FORMAT_VERSION = 1  # of what is converted: the signature's names and shapes
 PREBUILT_ENV = "RETRAIN_FEATURE_MODELS_DIR"
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tf-nightly")
-# Backbones whose feature model retrain writes itself, in numpy (cache id -> the builder's version).
-BUILT_WITHOUT_TENSORFLOW = {"efficientnet_lite0@imagenet": "efficientnet_lite0_tflite-1"}
+# Backbones whose feature model retrain writes itself, in numpy (cache id -> the builder's version,
+# part of the file's name: Lite0's tag predates Lite2 and is kept, as its files have not changed).
+BUILT_WITHOUT_TENSORFLOW = {
+    "efficientnet_lite0@imagenet": "efficientnet_lite0_tflite-1",
+    "efficientnet_lite2@imagenet": "efficientnet_lite_tflite-1",
+}
 
 
 class ConversionError(Exception):
@@ -75,8 +79,8 @@ def save_prebuilt(backbone: Backbone, folder: Path) -> Path:
 
 
 def maker(backbone: Backbone) -> str:
-    """What writes the backbone's feature model: retrain's own builder (no TensorFlow) for Lite0's
-    ImageNet weights, else TensorFlow's converter, by version."""
+    """What writes the backbone's feature model: retrain's own builder (no TensorFlow) for
+    EfficientNet-Lite's ImageNet weights, else TensorFlow's converter, by version."""
     if base_cache_id(backbone) in BUILT_WITHOUT_TENSORFLOW:
         return BUILT_WITHOUT_TENSORFLOW[base_cache_id(backbone)]
     return f"converter-{converter_version()}"
@@ -99,9 +103,10 @@ def converter_version() -> str:
 def save_feature_model(backbone: Backbone, path: Path) -> None:
     """Builds or converts the backbone's feature model and writes it to `path` atomically."""
     if base_cache_id(backbone) in BUILT_WITHOUT_TENSORFLOW:
-        from retrain.backbones.efficientnet_lite0_tflite import FINAL, feature_model_bytes
+        from retrain.backbones.efficientnet_lite_tflite import FINAL, feature_model_bytes
+        from retrain.backbones.efficientnet_lite_variants import VARIANTS
 
-        data = feature_model_bytes(taps=backbone.taps or FINAL)
+        data = feature_model_bytes(taps=backbone.taps or FINAL, variant=VARIANTS[backbone.name])
     else:
         data = convert(backbone)
     path.parent.mkdir(parents=True, exist_ok=True)

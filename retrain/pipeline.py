@@ -22,7 +22,14 @@ import numpy as np
 
 from retrain import __version__, report
 from retrain.augment import Augmentation, variant_pixels
-from retrain.backbones import DEFAULT_ARCHITECTURE, Backbone, load_backbone, registered
+from retrain.backbones import (
+    DEFAULT_ARCHITECTURE,
+    FEW_IMAGES_BACKBONE,
+    FEW_IMAGES_PER_CLASS,
+    Backbone,
+    load_backbone,
+    registered,
+)
 from retrain.backbones.taps import (
     FEATURE_SETS,
     FINAL,
@@ -68,7 +75,7 @@ class RetrainConfig:
     output_dir: str | None = None  # None: models/<timestamp>, and models/latest points at it
     models_dir: str = "models"
     bottleneck_dir: str | None = None  # None: <user cache>/bottlenecks
-    architecture: str = DEFAULT_ARCHITECTURE
+    architecture: str = AUTO  # a registry backbone, or auto: Lite0, and Lite2 too when images are few
     tfhub_module: str | None = None
     base_model: str | None = None
     weights_file: str | None = None
@@ -158,25 +165,32 @@ def run(config: RetrainConfig) -> RunResult:
         check_writable(config.saved_model_dir, "--saved_model_dir")
     if config.output_labels:
         check_writable(config.output_labels, "--output_labels")
-    if not config.tfhub_module and not config.base_model:
+    if not config.tfhub_module and not config.base_model and config.architecture != AUTO:
         registered(config.architecture)
     report.image_set_summary(image_set)
 
-    backbone = load_backbone(
-        config.architecture, config.weights_file, config.tfhub_module, config.image_size, config.base_model
-    )
-    report.backbone_summary(backbone)
-    _check_feature_set(config.bottleneck_layers, backbone)
+    architectures = _architectures(config, image_set)
+    if len(architectures) > 1:
+        report.few_images(_images_per_class(image_set), architectures)
+    networks = [
+        load_backbone(architecture, config.weights_file, config.tfhub_module, config.image_size, config.base_model)
+        for architecture in architectures
+    ]
+    for network in networks:
+        report.backbone_summary(network)
+        _check_feature_set(config.bottleneck_layers, network)
     if config.fine_tune_layers:
         from retrain.finetune import unfreeze_top
 
-        unfreeze_top(backbone, config.fine_tune_layers)  # fails now, not after extraction, if it cannot
+        for network in networks:
+            unfreeze_top(network, config.fine_tune_layers)  # fails now, not after extraction, if it cannot
+    backbone = networks[0]
     if backbone.from_scratch:
         if config.ray_address:
             raise RetrainError(f"--ray_address computes bottlenecks; {backbone.cache_id} trains from scratch on pixels")
         trained = _train_from_scratch(config, image_set, backbone)
     else:
-        trained = _train_on_bottlenecks(config, image_set, backbone, bottleneck_dir)
+        trained = _train_on_bottlenecks(config, image_set, networks, bottleneck_dir)
     evaluation = _evaluate(config, trained, image_set.labels)
     report.evaluation(evaluation, image_set.labels)
     if config.print_misclassified_test_images:
@@ -223,6 +237,21 @@ def run(config: RetrainConfig) -> RunResult:
     return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
 
 
+def _architectures(config: RetrainConfig, image_set: ImageSet) -> list[str]:
+    """The registry backbones whose feature sets are candidates: `--architecture`'s, or for auto
+    Lite0 and, with few training images and no other weights, Lite2 too (FEW_IMAGES_PER_CLASS)."""
+    if config.architecture != AUTO:
+        return [config.architecture]
+    others = config.weights_file or config.tfhub_module or config.base_model
+    if others or _images_per_class(image_set) > FEW_IMAGES_PER_CLASS:
+        return [DEFAULT_ARCHITECTURE]
+    return [DEFAULT_ARCHITECTURE, FEW_IMAGES_BACKBONE]
+
+
+def _images_per_class(image_set: ImageSet) -> float:
+    return len(image_set.splits["training"]) / max(len(image_set.labels), 1)
+
+
 def _taps_of(backbone: Backbone | None) -> tuple[Tap, ...]:
     return (backbone.taps or ()) if backbone else ()
 
@@ -258,46 +287,64 @@ def check_options(config: RetrainConfig) -> None:
 
 
 def _train_on_bottlenecks(
-    config: RetrainConfig, image_set: ImageSet, network: Backbone, bottleneck_dir: Path
+    config: RetrainConfig, image_set: ImageSet, networks: list[Backbone], bottleneck_dir: Path
 ) -> Trained:
-    """Cached vectors of every candidate feature set (one pass) -> the set that suits the data ->
-    head; then, with --fine_tune_layers, the top of the backbone on decoded images."""
-    sets = feature_sets(network)
-    names = list(sets) if config.bottleneck_layers == AUTO else [config.bottleneck_layers]
-    joint = joint_taps([sets[name] for name in names])
-    backbone = tapped(network, joint)
-    cache = bottleneck_cache(bottleneck_dir, tap_caches(backbone))
-    runtime = partial(open_runtime, backbone, bottleneck_dir, config.runtime)
-    cluster = _join_cluster(config, image_set, backbone, bottleneck_dir) if config.ray_address else None
+    """Cached vectors of every candidate feature set (one pass per network) -> the set that suits
+    the data -> head; then, with --fine_tune_layers, the top of the backbone on decoded images."""
+    names = {network.name: _candidate_sets(config, network) for network in networks}
+    joints = [tapped(network, joint_taps(list(names[network.name].values()))) for network in networks]
+    cluster = _join_cluster(config, image_set, bottleneck_dir) if config.ray_address else None
+    extracted = []
     try:
-        splits, extraction, seconds = _bottlenecks(
-            image_set, backbone, cache, config.extraction_batch_size, runtime, cluster
-        )
+        for joint in joints:
+            cache = bottleneck_cache(bottleneck_dir, tap_caches(joint))
+            runtime = partial(open_runtime, joint, bottleneck_dir, config.runtime)
+            splits, extraction, seconds = _bottlenecks(
+                image_set, joint, cache, config.extraction_batch_size, runtime, cluster and cluster(joint)
+            )
+            report.extraction_summary(extraction, seconds, cache.directory)
+            extracted.append((splits, extraction, cache, runtime))
     finally:
         if cluster:
             from retrain.cluster import disconnect
 
             disconnect()
-    report.extraction_summary(extraction, seconds, cache.directory)
-    train, validation = splits["training"], splits["validation"]
-    if len(set(train.labels.tolist())) < 2:
+    per_network = _common_images([splits for splits, *_ in extracted])
+    if len(set(per_network[0]["training"].labels.tolist())) < 2:
         raise RetrainError("fewer than two classes have decodable training images; nothing to learn")
+    splits = {split: _side_by_side([one[split] for one in per_network]) for split in SPLITS}
+    extraction = _added([stats for _, stats, *_ in extracted])
+    train, validation = splits["training"], splits["validation"]
     if config.augmentation_copies:
-        train = _with_augmented_copies(config, train, backbone, cache, runtime)
+        train = _side_by_side(
+            [
+                _with_augmented_copies(config, one["training"], joint, cache, runtime)
+                for one, joint, (_, _, cache, runtime) in zip(per_network, joints, extracted, strict=True)
+            ]
+        )
     num_classes = len(image_set.labels)
     started = time.monotonic()
-    columns = {name: columns_of(joint, sets[name], backbone.feature_dim) for name in names}
+    candidates: dict[str, tuple[Backbone, str]] = {}  # name shown -> (network, feature set)
+    columns: dict[str, np.ndarray] = {}
+    offset = 0
+    for network, joint in zip(networks, joints, strict=True):
+        for name, taps in names[network.name].items():
+            shown = name if len(networks) == 1 else f"{network.name} {name}"
+            candidates[shown] = (network, name)
+            columns[shown] = offset + columns_of(joint, taps)
+        offset += joint.feature_dim
     choice = None
-    if len(names) > 1:
+    if len(columns) > 1:
         choice = _choose_features(config, columns, train, validation, num_classes, bottleneck_dir)
         report.feature_choice(choice)
-    chosen = choice.chosen if choice else names[0]
-    backbone = tapped(network, sets[chosen])
+    shown = choice.chosen if choice else next(iter(columns))
+    network, chosen = candidates[shown]
+    backbone = tapped(network, names[network.name][chosen])
     splits = {
-        split: replace(bottlenecks, features=bottlenecks.features[:, columns[chosen]])
+        split: replace(bottlenecks, features=bottlenecks.features[:, columns[shown]])
         for split, bottlenecks in splits.items()
     }
-    train = replace(train, features=train.features[:, columns[chosen]])
+    train = replace(train, features=train.features[:, columns[shown]])
     validation = splits["validation"]
     features = {"backbone": backbone, "feature_set": chosen, "feature_choice": choice}
     if config.head == "prototype":
@@ -388,6 +435,50 @@ def _train_from_scratch(config: RetrainConfig, image_set: ImageSet, backbone: Ba
         for split in SPLITS
     }
     return Trained(head, history, splits, extraction, end_to_end=True, seconds=seconds)
+
+
+def _candidate_sets(config: RetrainConfig, network: Backbone) -> dict[str, tuple[Tap, ...] | None]:
+    """The network's feature sets `--bottleneck_layers` asks for: all of them for auto."""
+    sets = feature_sets(network)
+    return sets if config.bottleneck_layers == AUTO else {config.bottleneck_layers: sets[config.bottleneck_layers]}
+
+
+def _common_images(per_network: list[dict[str, Bottlenecks]]) -> list[dict[str, Bottlenecks]]:
+    """Each network's splits cut to the images every network read, in the first network's order,
+    so their vectors can stand side by side (a file unreadable for one is dropped for all)."""
+    if len(per_network) == 1:
+        return per_network
+    aligned = [{} for _ in per_network]
+    for split in SPLITS:
+        rows = [{path: row for row, path in enumerate(splits[split].paths)} for splits in per_network]
+        paths = [path for path in per_network[0][split].paths if all(path in row_of for row_of in rows)]
+        for splits, row_of, out in zip(per_network, rows, aligned, strict=True):
+            kept = np.array([row_of[path] for path in paths], dtype=np.int64)
+            bottlenecks = splits[split]
+            out[split] = Bottlenecks(bottlenecks.features[kept], bottlenecks.labels[kept], paths)
+    return aligned
+
+
+def _side_by_side(parts: list[Bottlenecks]) -> Bottlenecks:
+    """The same images' vectors from several networks, concatenated column-wise."""
+    if len(parts) == 1:
+        return parts[0]
+    return Bottlenecks(np.concatenate([part.features for part in parts], axis=1), parts[0].labels, parts[0].paths)
+
+
+def _added(stats: list[ExtractionStats]) -> ExtractionStats:
+    """Several networks' extraction as one: counts and set-up added, each skipped file once."""
+    if len(stats) == 1:
+        return stats[0]
+    skipped = list({path: (path, reason) for one in stats for path, reason in one.skipped}.values())
+    return ExtractionStats(
+        cached=sum(one.cached for one in stats),
+        computed=sum(one.computed for one in stats),
+        duplicates=sum(one.duplicates for one in stats),
+        runtime=next((one.runtime for one in stats if one.runtime), None),
+        setup_seconds=sum(one.setup_seconds for one in stats),
+        skipped=skipped,
+    )
 
 
 def _with_augmented_copies(
@@ -492,9 +583,9 @@ def _refit(config: RetrainConfig, num_classes: int):
     ]
 
 
-def _join_cluster(config: RetrainConfig, image_set: ImageSet, backbone: Backbone, bottleneck_dir: Path):
+def _join_cluster(config: RetrainConfig, image_set: ImageSet, bottleneck_dir: Path) -> Callable:
     """Connects to --ray_address and checks that every node sees the folders, before any heavy work;
-    returns what computes the missing bottlenecks there (retrain.cluster.RayExtraction)."""
+    returns what, given a backbone, computes its missing bottlenecks there (retrain.cluster.RayExtraction)."""
     from retrain import cluster
 
     info = cluster.connect(config.ray_address)
@@ -505,8 +596,12 @@ def _join_cluster(config: RetrainConfig, image_set: ImageSet, backbone: Backbone
     except RetrainError:
         cluster.disconnect()  # a private cluster (`local`) stops now, not at interpreter exit
         raise
-    cache = bottleneck_cache(root, tap_caches(backbone))
-    return cluster.RayExtraction(backbone, cache, config.runtime, config.extraction_batch_size)
+
+    def extraction(backbone: Backbone):
+        cache = bottleneck_cache(root, tap_caches(backbone))
+        return cluster.RayExtraction(backbone, cache, config.runtime, config.extraction_batch_size)
+
+    return extraction
 
 
 def _bottlenecks(

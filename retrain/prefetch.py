@@ -1,6 +1,6 @@
 """Fetch or convert backbone weights ahead of time, e.g. while building a container image.
 
-    python -m retrain.prefetch                      # the default backbone, EfficientNet-Lite0
+    python -m retrain.prefetch                      # what --architecture auto uses: EfficientNet-Lite0 and Lite2
     python -m retrain.prefetch mobilenet_v2 ...     # needs the network (or RETRAIN_WEIGHTS_BASE_URL)
 
 Weights land in `retrain.paths.weights_cache_dir()` (`$RETRAIN_WEIGHTS_DIR` if set), where later
@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from retrain.backbones import DEFAULT_ARCHITECTURE, load_backbone
+from retrain.backbones import DEFAULT_ARCHITECTURE, FEW_IMAGES_BACKBONE, load_backbone
 from retrain.errors import RetrainError
 from retrain.feature_models import PREBUILT_ENV, save_prebuilt
 from retrain.paths import weights_cache_dir
@@ -36,7 +36,7 @@ def prefetch(architectures: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    architectures = (sys.argv[1:] if argv is None else argv) or [DEFAULT_ARCHITECTURE]
+    architectures = (sys.argv[1:] if argv is None else argv) or [DEFAULT_ARCHITECTURE, FEW_IMAGES_BACKBONE]
     try:
         prefetch(architectures)
     except RetrainError as e:

@@ -44,6 +44,14 @@ def image_set_summary(image_set: ImageSet) -> None:
         )
 
 
+def few_images(per_class: float, architectures: list[str]) -> None:
+    """Why `--architecture auto` computes more than one backbone's bottlenecks."""
+    _say(
+        f"{per_class:.1f} training images a class: with so few, auto scores the feature sets of "
+        f"{' and '.join(architectures)} (pass --architecture to use one)."
+    )
+
+
 def backbone_summary(backbone: Backbone) -> None:
     spec = backbone.input_spec
     _say(f"Backbone {backbone.cache_id}: {spec.height}x{spec.width} input, {backbone.feature_dim} features.")
@@ -181,10 +189,12 @@ def feature_choice(choice: FeatureChoice) -> None:
     """The candidates' scores and the one kept, so a person can see why."""
     again = " (remembered: the same vectors, labels and settings as an earlier run)" if choice.remembered else ""
     _say(f"Bottleneck features, scored on the {choice.method}{again}:")
+    width = max(14, *(len(candidate.name) for candidate in choice.candidates))
     for candidate in choice.candidates:
         entropy = "" if candidate.cross_entropy is None else f", cross entropy {candidate.cross_entropy:.3f}"
         mark = "  <- chosen" if candidate.name == choice.chosen else ""
-        _say(f"  {candidate.name:<14} {candidate.dims:5d} features: accuracy {candidate.accuracy:.1%}{entropy}{mark}")
+        scores = f"accuracy {candidate.accuracy:.1%}{entropy}{mark}"
+        _say(f"  {candidate.name:<{width}} {candidate.dims:5d} features: {scores}")
 
 
 def exporting(output_dir: Path, formats: Collection[str]) -> None:

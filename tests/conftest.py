@@ -79,7 +79,7 @@ def pixels(backbone) -> np.ndarray:
 
 
 def export_vectors(export: Path, paths: list[Path]) -> np.ndarray:
-    """The bottlenecks of `paths` as the default-backbone export at `export` reads them (its chosen
+    """The bottlenecks of `paths` as the export at `export` reads them (its backbone and chosen
     feature set), all from the run's cache: the reference its head is checked against."""
     from retrain.backbones import load_backbone
     from retrain.backbones.taps import feature_sets, tap_caches, tapped
@@ -87,7 +87,7 @@ def export_vectors(export: Path, paths: list[Path]) -> np.ndarray:
     from retrain.extract import compute_bottlenecks
 
     info = json.loads((export / "model.json").read_text())
-    network = load_backbone()
+    network = load_backbone(info["backbone"].split("@", 1)[0])
     backbone = tapped(network, feature_sets(network)[info["bottlenecks"]["features"]])
     assert backbone.cache_id == info["backbone"]
     cache = bottleneck_cache(info["flags"]["bottleneck_dir"], tap_caches(backbone))

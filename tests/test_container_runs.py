@@ -166,7 +166,7 @@ def test_retrain_image_prints_help_and_imports_every_backbone(engine: Engine, im
     assert "--image_dir" in engine("run", "--rm", "retrain").stdout
     modules = (
         "import tensorflow_hub, retrain.backbones.tfhub, retrain.backbones.keras_apps, "
-        "retrain.backbones.efficientnet_lite0, retrain.backbones.scratch, retrain.tensorflow_export"
+        "retrain.backbones.efficientnet_lite, retrain.backbones.scratch, retrain.tensorflow_export"
     )
     engine("run", "--rm", "--entrypoint", "python", "retrain", "-c", modules)
 

@@ -22,7 +22,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from retrain.backbones import Backbone, registered
-from retrain.backbones import efficientnet_lite0 as lite0
+from retrain.backbones import efficientnet_lite as lite
+from retrain.backbones.efficientnet_lite_variants import LITE0
 from retrain.errors import RetrainError
 from retrain.torch_legacy import (
     MAGIC_NUMBER,
@@ -51,7 +52,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def top_model(cache_dir: Path):
-    return lite0.EfficientNetLite0(include_top=True)
+    return lite.EfficientNetLite0(include_top=True)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +64,7 @@ def feature_model(top_model):  # after top_model: reuses its converted file
 def photos() -> dict[str, np.ndarray]:
     """scikit-learn's two bundled photos, encoded (JPEG, PNG) and run through the shared preprocess."""
     encoded = {"china": _encode("china.jpg", "JPEG"), "flower": _encode("flower.jpg", "PNG")}
-    return {name: preprocess(data, lite0.INPUT_SPEC) for name, data in encoded.items()}
+    return {name: preprocess(data, LITE0.input_spec) for name, data in encoded.items()}
 
 
 def _encode(name: str, fmt: str) -> bytes:
@@ -185,13 +186,13 @@ def test_feature_model_is_the_pooled_top_model(top_model, feature_model, photos)
     images = np.stack([photos["china"], photos["flower"]])
     features = feature_model.predict(images, verbose=0)
     pooled = keras.Model(top_model.input, top_model.get_layer("avg_pool").output).predict(images, verbose=0)
-    assert features.shape == (2, lite0.FEATURE_DIM) == (2, 1280)
+    assert features.shape == (2, lite.FEATURE_DIM) == (2, 1280)
     np.testing.assert_allclose(features, pooled, rtol=1e-5, atol=1e-5)
 
 
 def test_weights_file_and_unpooled_output(cache_dir: Path, feature_model, photos) -> None:
-    weights = cache_dir / "weights" / lite0.WEIGHTS_FILE_NAME  # the full model's file, top included
-    feature_map = lite0.EfficientNetLite0(include_top=False, weights=str(weights), pooling=None)
+    weights = cache_dir / "weights" / LITE0.weights_file_name  # the full model's file, top included
+    feature_map = lite.EfficientNetLite0(include_top=False, weights=str(weights), pooling=None)
     x = photos["flower"][None]
     maps = feature_map.predict(x, verbose=0)
     assert maps.shape == (1, 7, 7, 1280)
@@ -201,8 +202,8 @@ def test_weights_file_and_unpooled_output(cache_dir: Path, feature_model, photos
 def test_registered_with_its_input_contract() -> None:
     """The registry describes Lite0 without importing its Keras code; the two must agree."""
     spec = registered("efficientnet_lite0")
-    assert spec.input_spec == lite0.INPUT_SPEC == InputSpec(224, 224, 127.0, 128.0)
-    assert spec.feature_dim == lite0.FEATURE_DIM
+    assert spec.input_spec == LITE0.input_spec == InputSpec(224, 224, 127.0, 128.0)
+    assert spec.feature_dim == lite.FEATURE_DIM
 
 
 def test_a_backbone_is_described_without_tensorflow_and_built_on_first_use() -> None:
@@ -226,21 +227,21 @@ def counted_conversions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_d
     """A fresh cache dir; records every conversion."""
     monkeypatch.setenv("RETRAIN_CACHE_DIR", str(tmp_path))
     calls: list[Path] = []
-    convert = lite0._convert_imagenet_weights
+    convert = lite._convert_imagenet_weights
 
-    def counting(path: Path) -> None:
+    def counting(path: Path, variant=LITE0) -> None:
         calls.append(path)
-        convert(path)
+        convert(path, variant)
 
-    monkeypatch.setattr(lite0, "_convert_imagenet_weights", counting)
+    monkeypatch.setattr(lite, "_convert_imagenet_weights", counting)
     return calls
 
 
 def test_second_build_reuses_the_converted_file(counted_conversions: list[Path], photos) -> None:
-    first = lite0.build_feature_model(None)
-    path = lite0.imagenet_weights_path()
+    first = lite.build_feature_model("efficientnet_lite0")
+    path = lite.imagenet_weights_path()
     mtime = path.stat().st_mtime_ns
-    second = lite0.build_feature_model(None)
+    second = lite.build_feature_model("efficientnet_lite0")
     assert counted_conversions == [path]
     assert path.stat().st_mtime_ns == mtime
     assert not [p for p in path.parent.iterdir() if p != path]  # no temp files left behind
@@ -249,17 +250,17 @@ def test_second_build_reuses_the_converted_file(counted_conversions: list[Path],
 
 
 def test_corrupt_cached_file_is_converted_again(counted_conversions: list[Path], feature_model, photos):
-    path = lite0.imagenet_weights_path()
+    path = lite.imagenet_weights_path()
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(1000))
     with pytest.warns(UserWarning, match="unreadable"):
-        model = lite0.build_feature_model(None)
+        model = lite.build_feature_model("efficientnet_lite0")
     assert counted_conversions == [path]
     x = photos["china"][None]
     np.testing.assert_allclose(model.predict(x, verbose=0), feature_model.predict(x, verbose=0), atol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        lite0.build_feature_model(None)  # the rewritten file loads cleanly
+        lite.build_feature_model("efficientnet_lite0")  # the rewritten file loads cleanly
     assert len(counted_conversions) == 1
 
 
@@ -313,7 +314,7 @@ def test_an_unwritable_weights_folder_converts_for_this_run_only(
     blocker.write_text("")
     monkeypatch.setenv("RETRAIN_WEIGHTS_DIR", str(blocker / "weights"))
     with pytest.warns(UserWarning, match="for this run only"):
-        model = lite0.build_feature_model(None)
+        model = lite.build_feature_model("efficientnet_lite0")
     x = photos["flower"][None]
     np.testing.assert_allclose(model.predict(x, verbose=0), feature_model.predict(x, verbose=0), atol=1e-6)
     assert blocker.read_text() == ""
@@ -323,10 +324,10 @@ def test_converted_weights_are_readable_by_other_users(counted_conversions: list
     """Baked into an image as root, the file must be readable by the image's unprivileged user."""
     previous = os.umask(0o022)
     try:
-        lite0.build_feature_model(None)
+        lite.build_feature_model("efficientnet_lite0")
     finally:
         os.umask(previous)
-    assert stat.S_IMODE(lite0.imagenet_weights_path().stat().st_mode) == 0o644
+    assert stat.S_IMODE(lite.imagenet_weights_path().stat().st_mode) == 0o644
 
 
 def test_prefetch_converts_the_weights_and_writes_the_feature_model(tmp_path: Path) -> None:
@@ -337,5 +338,6 @@ def test_prefetch_converts_the_weights_and_writes_the_feature_model(tmp_path: Pa
         [sys.executable, "-m", "retrain.prefetch"], env=env, capture_output=True, text=True, timeout=600
     )
     assert completed.returncode == 0, completed.stderr
-    assert (tmp_path / "weights" / lite0.WEIGHTS_FILE_NAME).is_file()
-    assert len(list((tmp_path / "feature_models").glob("efficientnet_lite0_imagenet-*.tflite"))) == 1
+    for name in ("efficientnet_lite0", "efficientnet_lite2"):  # what --architecture auto may use
+        assert (tmp_path / "weights" / f"{name}_imagenet.weights.h5").is_file()
+        assert len(list((tmp_path / "feature_models").glob(f"{name}_imagenet-*.tflite"))) == 1

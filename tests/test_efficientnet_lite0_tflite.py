@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from retrain import feature_models
-from retrain.backbones import efficientnet_lite0_tflite as lite0_tflite
-from retrain.backbones.efficientnet_lite0_tflite import feature_model_bytes, tap_width
-from retrain.backbones.taps import Tap, keras_tap_model
+from retrain.backbones import efficientnet_lite_tflite as lite_tflite
+from retrain.backbones.efficientnet_lite_tflite import feature_model_bytes
+from retrain.backbones.efficientnet_lite_variants import LITE0
+from retrain.backbones.taps import Tap, keras_tap_model, tap_width
 from retrain.heads import SoftmaxHead
 from retrain.runtimes.litert import LiteRTRuntime
 from retrain.tflite_head import append_head
@@ -30,13 +31,13 @@ ATOL, RTOL = 1e-4, 1e-4
 
 @pytest.fixture(scope="module")
 def state_dict() -> dict[str, np.ndarray]:
-    return lite0_tflite.imagenet_state_dict()
+    return LITE0.imagenet_state_dict()
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory, state_dict) -> Path:
     path = tmp_path_factory.mktemp("lite0_tflite") / "features.tflite"
-    path.write_bytes(lite0_tflite.feature_model_bytes(state_dict))
+    path.write_bytes(lite_tflite.feature_model_bytes(state_dict))
     return path
 
 
@@ -57,7 +58,7 @@ def test_features_equal_the_keras_models_and_the_converters(backbone, pixels, ru
 
 def test_building_imports_neither_tensorflow_nor_keras() -> None:
     code = (
-        "import sys; from retrain.backbones.efficientnet_lite0_tflite import feature_model_bytes; "
+        "import sys; from retrain.backbones.efficientnet_lite_tflite import feature_model_bytes; "
         "assert len(feature_model_bytes()) > 10_000_000; "
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
@@ -115,34 +116,24 @@ def test_a_head_appends_to_it_and_serve_runs_the_result(model_path: Path, runtim
 def test_a_missing_tensor_is_named(state_dict) -> None:
     broken = {k: v for k, v in state_dict.items() if k != "_blocks.7._bn1.running_var"}
     with pytest.raises(ValueError, match=r"no tensor '_blocks\.7\._bn1\.running_var' \(of shape \(480,\)\)"):
-        lite0_tflite.feature_model_bytes(broken)
+        lite_tflite.feature_model_bytes(broken)
 
 
 def test_a_misshaped_tensor_is_named(state_dict) -> None:
     broken = {**state_dict, "_blocks.3._expand_conv.weight": np.zeros((144, 24, 3, 3), np.float32)}
     with pytest.raises(ValueError, match=r"'_blocks\.3\._expand_conv\.weight' has shape \(144, 24, 3, 3\), expected"):
-        lite0_tflite.feature_model_bytes(broken)
+        lite_tflite.feature_model_bytes(broken)
 
 
 def test_another_networks_tensors_are_refused(state_dict) -> None:
     """EfficientNet-B0 has squeeze-and-excitation; its checkpoint must not pass for Lite0's."""
     broken = {**state_dict, "_blocks.1._se_reduce.weight": np.zeros((4, 96, 1, 1), np.float32)}
     with pytest.raises(ValueError, match=r"no place in the network: \['_blocks\.1\._se_reduce\.weight'\]"):
-        lite0_tflite.feature_model_bytes(broken)
+        lite_tflite.feature_model_bytes(broken)
 
 
-def test_the_architecture_is_the_keras_modules() -> None:
-    """The constants are repeated here because `efficientnet_lite0` imports Keras: they must not drift."""
-    from retrain.backbones import efficientnet_lite0 as lite0
-
-    stages = tuple((a.kernel_size, a.repeats, a.filters_out, a.expand_ratio, a.strides) for a in lite0.BLOCKS_ARGS)
-    shared = ("INPUT_SIZE", "STEM_FILTERS", "HEAD_FILTERS", "BN_EPSILON", "WEIGHTS_PACKAGE")
-    assert {name: getattr(lite0_tflite, name) for name in shared} == {name: getattr(lite0, name) for name in shared}
-    assert stages == lite0_tflite.STAGES
-    assert (feature_models.INPUT_NAME, feature_models.OUTPUT_NAME) == (
-        lite0_tflite.INPUT_NAME,
-        lite0_tflite.OUTPUT_NAME,
-    )
+def test_the_signature_names_are_the_converters() -> None:
+    assert (feature_models.INPUT_NAME, feature_models.OUTPUT_NAME) == (lite_tflite.INPUT_NAME, lite_tflite.OUTPUT_NAME)
 
 
 MIDDLE_AND_FINAL = (Tap("block10_add", grid=2), Tap("block7_add", grid=2), Tap("top_relu"))
@@ -153,7 +144,8 @@ def test_taps_equal_the_keras_layers_pooled_the_same_way(backbone, pixels, tmp_p
     path = tmp_path / "taps.tflite"
     path.write_bytes(feature_model_bytes(taps=MIDDLE_AND_FINAL))
     vectors = LiteRTRuntime(path)(pixels)
-    assert vectors.shape == (len(pixels), 448 + 320 + 1280) == (len(pixels), sum(map(tap_width, MIDDLE_AND_FINAL)))
+    widths = [tap_width("efficientnet_lite0@imagenet", tap) for tap in MIDDLE_AND_FINAL]
+    assert vectors.shape == (len(pixels), 448 + 320 + 1280) == (len(pixels), sum(widths))
     expected = np.asarray(keras_tap_model(backbone.model, MIDDLE_AND_FINAL)(pixels))
     np.testing.assert_allclose(vectors, expected, atol=ATOL, rtol=RTOL)
     assert np.abs(expected[:, :448]).max() > 1.0  # the middle taps carry a real signal too
@@ -165,7 +157,7 @@ def test_the_final_tap_alone_is_the_default_model() -> None:
 
 @pytest.mark.parametrize(
     ("tap", "message"),
-    [(Tap("block99_add"), "no layer 'block99_add'"), (Tap("top_relu", grid=2), "does not divide top_relu's 7x7")],
+    [(Tap("block99_add"), "no layer 'block99_add'"), (Tap("top_relu", grid=5), "does not fit top_relu's 7x7")],
 )
 def test_a_tap_that_cannot_be_taken_is_refused(tap: Tap, message: str) -> None:
     with pytest.raises(ValueError, match=message):

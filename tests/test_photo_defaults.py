@@ -1,7 +1,8 @@
 """No regression on photos: on photo-like JPEGs and on crops of real photographs, the default
-(`--bottleneck_layers auto`, which may pick the middle layer) is not worse than a softmax head on
-the final layer alone, nor than retrain.py's head. docs/experiments.md (d) measures the same on
-larger sets, three seeds; this is its quick guard, through the real `retrain` command.
+(`--architecture auto --bottleneck_layers auto`, which may pick the middle layer, and with few
+images Lite2) is not worse than a softmax head on Lite0's final layer alone, nor than retrain.py's
+head. docs/experiments.md (d) measures the same on larger sets, three seeds; this is its quick
+guard, through the real `retrain` command.
 
 The pictures come from experiments/photos.py with a fixed seed, so every run here sees the same
 bytes and, with `--random_seed` fixed, trains the same heads: the comparison is deterministic and
@@ -20,6 +21,7 @@ import pytest
 
 from experiments.common import OLD_HEAD
 from experiments.photos import PATTERN_CLASSES, REAL_CLASSES, write_patterns, write_real_crops
+from retrain.backbones import FEW_IMAGES_PER_CLASS
 from retrain.cli import main
 
 SEED = 0
@@ -31,7 +33,8 @@ SETS: dict[str, tuple[Callable[..., Path], int, int]] = {
 # A quarter of the pictures are test images (retrain's default is a tenth): about 60 a set, so that
 # one image is under 2 points. Every way below uses the same split, so only its own flags differ.
 SPLIT = ["--testing_percentage", "25", "--validation_percentage", "15", "--random_seed", str(SEED)]
-WAYS = {"default": [], "final": ["--bottleneck_layers", "final"], "old_head": OLD_HEAD}
+LITE0_FINAL = ["--architecture", "efficientnet_lite0", "--bottleneck_layers", "final"]
+WAYS = {"default": [], "final": LITE0_FINAL, "old_head": OLD_HEAD}
 # Both heads are deterministic for a given seed; this covers float noise across machines only
 # (another CPU or BLAS can round one borderline test image the other way), never a real loss.
 TOLERANCE = 1  # test images
@@ -77,21 +80,33 @@ def test_the_default_is_not_worse_than_the_final_layer(runs) -> None:
     default, final, old = (runs[way][1] for way in WAYS)
     assert default["bottlenecks"]["features"] in ("final", "middle", "final+middle")
     assert final["bottlenecks"]["features"] == old["bottlenecks"]["features"] == "final"
+    assert final["backbone"] == old["backbone"] == "efficientnet_lite0@imagenet"
     assert right(default) >= right(final) - TOLERANCE, (right(default), right(final))
     assert right(default) >= right(old) - TOLERANCE, (right(default), right(old))
 
 
 def test_the_default_prints_and_records_its_choice(runs) -> None:
+    """Lite0's three candidates; with few training images a class (the real crops: 18) Lite2's too."""
     log, info = runs["default"]
     choice = info["bottlenecks"]["choice"]
-    assert choice["method"].startswith("validation split (") and choice["chosen"] == info["bottlenecks"]["features"]
-    assert [(c["features"], c["dims"]) for c in choice["candidates"]] == [
-        ("final", 1280), ("middle", 448), ("final+middle", 1728)
-    ]  # fmt: skip
+    assert choice["method"].startswith("validation split (")
+    widths = {"efficientnet_lite0": (1280, 448, 1728), "efficientnet_lite2": (1280, 480, 1760)}
+    few = info["counts"]["training_images"] / len(info["labels"]) <= FEW_IMAGES_PER_CLASS
+    networks = list(widths) if few else ["efficientnet_lite0"]
+    expected = [
+        (f"{network} {name}" if few else name, dims)
+        for network in networks
+        for name, dims in zip(("final", "middle", "final+middle"), widths[network], strict=True)
+    ]
+    assert [(c["features"], c["dims"]) for c in choice["candidates"]] == expected
+    backbone = info["backbone"].split("@", 1)[0]
+    features = info["bottlenecks"]["features"]
+    assert choice["chosen"] == (f"{backbone} {features}" if few else features)
     assert f"Bottleneck features, scored on the {choice['method']}:" in log
-    printed = {line.split()[0]: line for line in log.splitlines() if "features: accuracy" in line}
-    for candidate in choice["candidates"]:  # one line each: its scores, and a mark on the one kept
-        line = printed[candidate["features"]]
+    lines = [line.strip() for line in log.splitlines() if "features: accuracy" in line]
+    assert len(lines) == len(expected)
+    for candidate, line in zip(choice["candidates"], lines, strict=True):  # one line each, a mark on the one kept
+        assert line.startswith(f"{candidate['features']} ")
         assert f"accuracy {candidate['accuracy']:.1%}" in line and f"{candidate['cross_entropy']:.3f}" in line
         assert ("<- chosen" in line) == (candidate["features"] == choice["chosen"])
     for way in ("final", "old_head"):  # asked for one feature set: nothing to choose

