@@ -35,7 +35,7 @@ from retrain.backbones.efficientnet_lite_variants import (
     Variant,
     same_padded,
 )
-from retrain.backbones.taps import Tap, grid_cell, grid_padding, layer_shape, tap_width
+from retrain.backbones.taps import Tap, grid_cell, grid_padding, tap_width
 from retrain.tflite_graph import TFLiteGraph
 
 SIGNATURE = "serving_default"  # the key TensorFlow's converter gives the feature model's one signature
@@ -57,10 +57,7 @@ def feature_model_bytes(
     graph = TFLiteGraph(description=f"{variant.title} features, built by retrain without TensorFlow")
     layers = _network(graph, weights, variant)
     weights.check_all_used()
-    network = f"{variant.name}@imagenet"
-    for tap in taps:
-        layer_shape(network, tap)  # a clear ValueError for a layer the variant lacks or a grid that does not fit
-    widths = [tap_width(network, tap) for tap in taps]
+    widths = [tap_width(f"{variant.name}@imagenet", tap) for tap in taps]  # ValueError for a tap that cannot be taken
     return graph.pack({INPUT_NAME: 0}, {OUTPUT_NAME: _features(graph, layers, taps, widths)}, SIGNATURE)
 
 

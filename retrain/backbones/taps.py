@@ -148,10 +148,9 @@ def columns_of(joint: Backbone, taps: tuple[Tap, ...] | None) -> np.ndarray:
     make up the feature set `taps`."""
     if joint.taps is None or taps is None:
         return np.arange(joint.feature_dim)
-    base = base_cache_id(joint)
-    widths = [tap_width(base, tap) for tap in joint.taps]
-    starts = dict(zip(joint.taps, np.cumsum([0, *widths[:-1]]), strict=True))
-    return np.concatenate([np.arange(starts[tap], starts[tap] + tap_width(base, tap)) for tap in taps])
+    widths = {tap: tap_width(base_cache_id(joint), tap) for tap in joint.taps}
+    ends = dict(zip(widths, np.cumsum(list(widths.values())), strict=True))
+    return np.concatenate([np.arange(ends[tap] - widths[tap], ends[tap]) for tap in taps])
 
 
 def base_cache_id(backbone: Backbone) -> str:
