@@ -244,3 +244,73 @@ def work_folder(argv: list[str], name: str, seeds: tuple[int, ...] = SEEDS) -> t
     _configure_logging(verbose=False)
     import_tensorflow_quietly()
     return options.work, tuple(options.seeds)
+
+
+class CachedVectors:
+    """One backbone's cached vectors of every split of a folder, for all its candidate feature sets,
+    and heads trained on seeded draws of the training images (`--train_fraction`/`--train_images_per_class`)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        cache: Path,
+        architecture: str,
+        fraction: float | None = None,
+        per_class: int | None = None,
+        validation_percentage: float = 10,
+    ):
+        from functools import partial
+
+        from retrain import pipeline
+        from retrain.backbones import load_backbone
+        from retrain.backbones.taps import columns_of, feature_sets, joint_taps, tap_caches, tapped
+        from retrain.cache import bottleneck_cache
+        from retrain.images import discover
+        from retrain.runtimes import open_runtime
+
+        self.image_set = discover(str(folder), validation_percentage, 10)
+        self.limit = (fraction, per_class)
+        network = load_backbone(architecture)
+        sets = feature_sets(network)
+        joint = tapped(network, joint_taps(list(sets.values())))
+        runtime = partial(open_runtime, joint, cache, "auto")
+        store = bottleneck_cache(cache, tap_caches(joint))
+        splits, _, _ = pipeline._bottlenecks(self.image_set, joint, store, 32, runtime)
+        self.sets = {name: columns_of(joint, taps) for name, taps in sets.items()}
+        training = splits["training"]
+        self.row_of = {path: row for row, path in enumerate(training.paths)}
+        self.train_features, self.train_labels = training.features, training.labels
+        self.validation_features, self.validation_labels = splits["validation"].features, splits["validation"].labels
+
+    def scores(self, features: str, seed: int, hparams) -> tuple:
+        """A head trained on the draw `seed` keeps: which validation images it gets right, and their cross entropies."""
+        import numpy as np
+
+        from retrain.images import limit_training
+        from retrain.train import train_head
+
+        kept = limit_training(self.image_set, *self.limit, seed).splits["training"]
+        rows = np.array([self.row_of[example.path] for example in kept])
+        columns = self.sets[features]
+        x, y = self.train_features[rows][:, columns], self.train_labels[rows]
+        head, _ = train_head(x, y, x[:0], y[:0], len(self.image_set.labels), hparams)
+        probabilities = head.probabilities(self.validation_features[:, columns])
+        truth = self.validation_labels
+        losses = -np.log(np.clip(probabilities[np.arange(len(truth)), truth], 1e-12, None))
+        return probabilities.argmax(axis=1) == truth, losses
+
+
+def candidate_scores(vectors: dict[str, CachedVectors], seeds: tuple[int, ...]) -> tuple[dict, dict]:
+    """Per candidate ("Lite0 final", ...) and draw: which validation images a head trained with the
+    defaults gets right, and each image's cross entropy."""
+    from retrain.train import HParams
+
+    correct: dict[str, list] = {}
+    entropy: dict[str, list] = {}
+    for short, backbone in vectors.items():
+        for features in backbone.sets:
+            for seed in seeds:
+                right, losses = backbone.scores(features, seed, HParams(random_seed=seed))
+                correct.setdefault(f"{short} {features}", []).append(right)
+                entropy.setdefault(f"{short} {features}", []).append(losses)
+    return correct, entropy

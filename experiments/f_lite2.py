@@ -23,11 +23,21 @@ from __future__ import annotations
 import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
-from common import DIGITS, digit_folder, markdown_table, mean_spread, measured, retrain, save, work_folder
+from common import (
+    DIGITS,
+    CachedVectors,
+    candidate_scores,
+    digit_folder,
+    markdown_table,
+    mean_spread,
+    measured,
+    retrain,
+    save,
+    work_folder,
+)
 
 NAME = "f_lite2"
 SEEDS = tuple(range(10, 30))
@@ -51,7 +61,7 @@ def main(argv: list[str]) -> None:
     tables, runs = [], {}
     for task, (digits, fraction, per_class) in TASKS.items():
         folder = digit_folder(work, list(digits))
-        vectors = {short: _Vectors(folder, cache, name, fraction, per_class) for short, name in BACKBONES.items()}
+        vectors = {short: CachedVectors(folder, cache, name, fraction, per_class) for short, name in BACKBONES.items()}
         correct, procedures = _procedures(vectors, seeds)
         count = len(vectors["Lite0"].validation_labels)
         for name, values in procedures.items():
@@ -78,16 +88,7 @@ def main(argv: list[str]) -> None:
 
 def _procedures(vectors: dict, seeds: tuple[int, ...]) -> tuple[dict, dict[str, list[int]]]:
     """Validation images right, per draw, of every candidate and of the automatic choices."""
-    from retrain.train import HParams
-
-    correct: dict[str, list[np.ndarray]] = {}  # candidate -> per draw, which validation images it gets right
-    entropy: dict[str, list[np.ndarray]] = {}  # candidate -> per draw, each image's cross entropy
-    for short, backbone in vectors.items():
-        for features in backbone.sets:
-            for seed in seeds:
-                right, losses = backbone.scores(features, seed, HParams(random_seed=seed))
-                correct.setdefault(f"{short} {features}", []).append(right)
-                entropy.setdefault(f"{short} {features}", []).append(losses)
+    correct, entropy = candidate_scores(vectors, seeds)
     halves = np.arange(len(vectors["Lite0"].validation_labels)) % 2  # alternate images, in path order
     draws = range(len(seeds))
     procedures = {name: [int(correct[name][i].sum()) for i in draws] for name in correct}
@@ -108,47 +109,6 @@ def _command_lines(folder: Path, work: Path, cache: Path, seeds: tuple[int, ...]
         cli.append({"seed": seed, "command": run.command, "chosen": run.features, "recorded": recorded,
                     "same_as_library": recorded == computed and bool(recorded)})  # fmt: skip
     return cli
-
-
-class _Vectors:
-    """One backbone's cached vectors of every split of the folder, for all its candidate feature sets."""
-
-    def __init__(self, folder: Path, cache: Path, architecture: str, fraction: float | None, per_class: int | None):
-        from retrain import pipeline
-        from retrain.backbones import load_backbone
-        from retrain.backbones.taps import columns_of, feature_sets, joint_taps, tap_caches, tapped
-        from retrain.cache import bottleneck_cache
-        from retrain.images import discover
-        from retrain.runtimes import open_runtime
-
-        self.image_set = discover(str(folder), 10, 10)
-        self.limit = (fraction, per_class)
-        network = load_backbone(architecture)
-        sets = feature_sets(network)
-        joint = tapped(network, joint_taps(list(sets.values())))
-        runtime = partial(open_runtime, joint, cache, "auto")
-        store = bottleneck_cache(cache, tap_caches(joint))
-        splits, _, _ = pipeline._bottlenecks(self.image_set, joint, store, 32, runtime)
-        self.sets = {name: columns_of(joint, taps) for name, taps in sets.items()}
-        training = splits["training"]
-        self.row_of = {path: row for row, path in enumerate(training.paths)}
-        self.train_features, self.train_labels = training.features, training.labels
-        self.validation_features, self.validation_labels = splits["validation"].features, splits["validation"].labels
-
-    def scores(self, features: str, seed: int, hparams) -> tuple[np.ndarray, np.ndarray]:
-        """A head trained on the draw `seed` keeps: which validation images it gets right, and their cross entropies."""
-        from retrain.images import limit_training
-        from retrain.train import train_head
-
-        kept = limit_training(self.image_set, *self.limit, seed).splits["training"]
-        rows = np.array([self.row_of[example.path] for example in kept])
-        columns = self.sets[features]
-        x, y = self.train_features[rows][:, columns], self.train_labels[rows]
-        head, _ = train_head(x, y, x[:0], y[:0], len(self.image_set.labels), hparams)
-        probabilities = head.probabilities(self.validation_features[:, columns])
-        truth = self.validation_labels
-        losses = -np.log(np.clip(probabilities[np.arange(len(truth)), truth], 1e-12, None))
-        return probabilities.argmax(axis=1) == truth, losses
 
 
 def _chosen_on_halves(correct: dict, entropy: dict, prefix: str, draw: int, halves: np.ndarray) -> int:
