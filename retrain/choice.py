@@ -3,9 +3,15 @@
 The same backbone makes good features for photos from its final layer and for small plain images
 (digits, icons, scans) from a middle layer pooled on a grid; no single default fits both. So
 retrain computes every candidate feature set in one forward pass, trains the head on each (the
-vectors are cached, so that costs seconds), and keeps the one that scores best on the validation
-split, or, when there is none, in cross-validation on the training images. Never on the test
-split: its accuracy stays an honest estimate for the model that was chosen.
+vectors are cached, so that costs seconds), and scores each on the validation split, or, when there
+is none, in cross-validation on the training images. Never on the test split: its accuracy stays
+an honest estimate for the model that was chosen.
+
+On a few dozen validation images the most accurate candidate is often just the luckiest. So the
+choice leans on what experiment g (docs/experiments.md) measured over many draws: some candidates
+are preferred (final+middle, which holds the other two sets), and the most accurate of those is
+kept unless another is ahead by more than one standard error, the one-standard-error rule of
+model selection.
 
 The scores are a pure function of the vectors, the labels, how heads are fitted and the code that
 fits and scores them, so a rerun on the same cached vectors reads them back (`ChoiceMemo`, keyed
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,14 +60,17 @@ class FeatureChoice:
     method: str  # what the candidates were scored on
     candidates: list[Candidate]
     chosen: str
+    reason: str  # why `chosen`, in a sentence the log prints
     remembered: bool = False  # read back from an earlier run on the same vectors, not scored now
 
     def to_json(self) -> dict:
-        return {"method": self.method, "chosen": self.chosen, "candidates": [c.to_json() for c in self.candidates]}
+        candidates = [c.to_json() for c in self.candidates]
+        return {"method": self.method, "chosen": self.chosen, "reason": self.reason, "candidates": candidates}
 
     @classmethod
     def from_json(cls, data: dict) -> FeatureChoice:
-        return cls(data["method"], [Candidate.from_json(c) for c in data["candidates"]], data["chosen"])
+        candidates = [Candidate.from_json(c) for c in data["candidates"]]
+        return cls(data["method"], candidates, data["chosen"], data["reason"])
 
 
 def choose_features(
@@ -70,23 +79,57 @@ def choose_features(
     validation: tuple[np.ndarray, np.ndarray],
     fit: Fit,
     seed: int = 0,
+    preferred: Collection[str] = (),
 ) -> FeatureChoice:
-    """Scores each feature set (`columns[name]`: its columns of the joint vectors) and picks the best:
-    the highest accuracy, then the lowest cross entropy, then the earliest in `columns`' order."""
+    """Scores each feature set (`columns[name]`: its columns of the joint vectors) on held-out
+    images and picks one as `pick` does."""
     (x, y), (vx, vy) = train, validation
     if len(vy):
         method = f"validation split ({len(vy)} images)"
     else:
         method = f"cross-validation over the {len(y)} training images"
-    candidates = []
+    candidates, right = [], {}
     for name, index in columns.items():
         if len(vy):
-            accuracy, cross_entropy = accuracy_and_cross_entropy(fit(x[:, index], y).probabilities(vx[:, index]), vy)
+            probabilities = fit(x[:, index], y).probabilities(vx[:, index])
+            accuracy, cross_entropy = accuracy_and_cross_entropy(probabilities, vy)
+            right[name] = np.argmax(probabilities, axis=1) == vy
         else:
-            accuracy, cross_entropy = cross_validate(x[:, index], y, fit, seed).accuracy, None
+            folds = cross_validate(x[:, index], y, fit, seed)
+            accuracy, cross_entropy = folds.accuracy, None
+            right[name] = folds.predictions == folds.labels
         candidates.append(Candidate(name, len(index), accuracy, cross_entropy))
-    best = max(enumerate(candidates), key=lambda item: (item[1].accuracy, -(item[1].cross_entropy or 0.0), -item[0]))[1]
-    return FeatureChoice(method, candidates, best.name)
+    chosen, reason = pick(candidates, right, preferred)
+    return FeatureChoice(method, candidates, chosen, reason)
+
+
+def pick(candidates: list[Candidate], right: dict[str, np.ndarray], preferred: Collection[str]) -> tuple[str, str]:
+    """The most accurate of the `preferred` candidates (all, if none is), unless another is ahead of
+    it by more than one standard error; and why. Ties go to the lower cross entropy, then to the
+    earlier candidate. The standard error is the paired difference's, from the held-out images
+    (`right[name]`: which ones each gets right): the square root of the number that exactly one of
+    the two gets right."""
+
+    def most_accurate(among: list[Candidate]) -> Candidate:
+        order = {candidate.name: place for place, candidate in enumerate(candidates)}
+        return max(among, key=lambda c: (c.accuracy, -(c.cross_entropy or 0.0), -order[c.name]))
+
+    best = most_accurate(candidates)
+    keep = most_accurate([c for c in candidates if c.name in preferred] or candidates)
+    if keep is best:
+        return best.name, "the most accurate" + (" and preferred" if best.name in preferred else "")
+    lead = int(right[best.name].sum()) - int(right[keep.name].sum())
+    error = float(np.sqrt(np.sum(right[best.name] != right[keep.name])))
+    if lead == 0:
+        return keep.name, f"preferred, and as accurate as {best.name}"
+    margin = f"{_images(lead)}, {'within' if lead <= error else 'more than'} one standard error ({error:.1f})"
+    if lead <= error:
+        return keep.name, f"preferred: {best.name} is ahead by {margin}"
+    return best.name, f"ahead of the preferred {keep.name} by {margin}"
+
+
+def _images(count: int) -> str:
+    return f"{count} image" + ("" if count == 1 else "s")
 
 
 SCORING_CODE = ("choice.py", "crossval.py", "heads.py", "train.py")
@@ -106,9 +149,10 @@ class ChoiceMemo:
         validation: tuple[np.ndarray, np.ndarray],
         fitted_by: str,
         seed: int,
+        preferred: Collection[str] = (),
     ) -> str:
         """A digest of everything `choose_features` reads; `fitted_by` describes `fit` (head and hparams)."""
-        digest = hashlib.sha256(f"{retrain.__version__}|{fitted_by}|{seed}".encode())
+        digest = hashlib.sha256(f"{retrain.__version__}|{fitted_by}|{seed}|{sorted(preferred)}".encode())
         for name in SCORING_CODE:
             digest.update((Path(__file__).parent / name).read_bytes())
         for name, index in columns.items():

@@ -33,6 +33,7 @@ from retrain.backbones import (
 from retrain.backbones.taps import (
     FEATURE_SETS,
     FINAL,
+    PREFERRED,
     Tap,
     columns_of,
     feature_sets,
@@ -335,7 +336,8 @@ def _train_on_bottlenecks(
         offset += joint.feature_dim
     choice = None
     if len(columns) > 1:
-        choice = _choose_features(config, columns, train, validation, num_classes, bottleneck_dir)
+        preferred = [shown for shown, (_, name) in candidates.items() if name == PREFERRED]
+        choice = _choose_features(config, columns, train, validation, num_classes, bottleneck_dir, preferred)
         report.feature_choice(choice)
     shown = choice.chosen if choice else next(iter(columns))
     network, chosen = candidates[shown]
@@ -561,15 +563,16 @@ def _choose_features(
     validation: Bottlenecks,
     num_classes: int,
     bottleneck_dir: Path,
+    preferred: list[str],
 ) -> FeatureChoice:
-    """The feature set that scores best on held-out images; remembered beside the cache for reruns."""
+    """The feature set that suits held-out images (retrain.choice.pick); remembered beside the cache for reruns."""
     seed = config.hparams.random_seed
     data = (train.features, train.labels), (validation.features, validation.labels)
     memo = ChoiceMemo(bottleneck_dir / "choices")
-    key = memo.key(columns, *data, fitted_by=f"{config.head}|{config.hparams!r}", seed=seed)
+    key = memo.key(columns, *data, fitted_by=f"{config.head}|{config.hparams!r}", seed=seed, preferred=preferred)
     choice = memo.recall(key)
     if choice is None:
-        choice = choose_features(columns, *data, _refit(config, num_classes), seed)
+        choice = choose_features(columns, *data, _refit(config, num_classes), seed, preferred)
         memo.remember(key, choice)
     return choice
 

@@ -195,6 +195,7 @@ def feature_choice(choice: FeatureChoice) -> None:
         mark = "  <- chosen" if candidate.name == choice.chosen else ""
         scores = f"accuracy {candidate.accuracy:.1%}{entropy}{mark}"
         _say(f"  {candidate.name:<{width}} {candidate.dims:5d} features: {scores}")
+    _say(f"Kept {choice.chosen}: {choice.reason}.")
 
 
 def exporting(output_dir: Path, formats: Collection[str]) -> None:

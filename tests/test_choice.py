@@ -1,5 +1,6 @@
-"""The feature-set choice: scored on held-out images (never the test split), best kept, ties broken
-toward confidence and then toward the earlier (simpler) set."""
+"""The feature-set choice: scored on held-out images (never the test split); the preferred set kept
+unless another is ahead by more than one standard error, else the best; ties broken toward
+confidence and then toward the earlier (simpler) set."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrain.choice import ChoiceMemo, choose_features
+from retrain.choice import Candidate, ChoiceMemo, choose_features, pick
 from retrain.heads import fit_prototypes
 
 
@@ -72,8 +73,9 @@ def test_a_choice_is_remembered_for_the_same_inputs_only(tmp_path: Path) -> None
         memo.key(columns, train, validation, fitted_by="prototype", seed=1),
         memo.key({"signal": np.arange(5)}, train, validation, fitted_by="prototype", seed=0),
         memo.key(columns, train, (validation[0] + 1e-6, validation[1]), fitted_by="prototype", seed=0),
+        memo.key(columns, train, validation, fitted_by="prototype", seed=0, preferred=["noise"]),
     ]
-    assert len({key, *changed}) == 6
+    assert len({key, *changed}) == 7
 
 
 def test_an_unreadable_remembered_choice_is_scored_again(tmp_path: Path) -> None:
@@ -88,3 +90,36 @@ def test_an_unreadable_remembered_choice_is_scored_again(tmp_path: Path) -> None
         ),
     )
     assert memo_in_a_file.recall("k") is None
+
+
+def _scored(**right: list[int]) -> tuple[list[Candidate], dict[str, np.ndarray]]:
+    """Candidates scored on the same held-out images: `right[name]` says which ones each gets right."""
+    arrays = {name: np.array(hits, bool) for name, hits in right.items()}
+    return [Candidate(name, 1, float(hits.mean()), 0.5) for name, hits in arrays.items()], arrays
+
+
+def test_the_preferred_set_is_kept_when_another_leads_within_one_standard_error() -> None:
+    """`both` leads `preferred` by 2 of 20 images, with 4 images that exactly one of them gets right:
+    a standard error of 2, so the lead is within it."""
+    candidates, right = _scored(
+        preferred=[1] * 16 + [0, 0, 0, 1],
+        both=[1] * 16 + [1, 1, 1, 0],
+    )
+    chosen, reason = pick(candidates, right, preferred=["preferred"])
+    assert chosen == "preferred"
+    assert reason == "preferred: both is ahead by 2 images, within one standard error (2.0)"
+
+
+def test_a_clear_lead_beats_the_preferred_set() -> None:
+    """A lead of 3 images, all 3 where only the leader is right: more than the standard error (1.7)."""
+    candidates, right = _scored(preferred=[1] * 15 + [0, 0, 0], other=[1] * 18)
+    chosen, reason = pick(candidates, right, preferred=["preferred"])
+    assert chosen == "other"
+    assert reason == "ahead of the preferred preferred by 3 images, more than one standard error (1.7)"
+
+
+def test_the_most_accurate_of_several_preferred_sets_is_the_one_kept() -> None:
+    candidates, right = _scored(a=[1, 0, 0, 0], b=[1, 1, 0, 0], c=[1, 1, 1, 0])
+    assert pick(candidates, right, preferred=["a", "b"])[0] == "b"
+    assert pick(candidates, right, preferred=[]) == ("c", "the most accurate")
+    assert pick(candidates, right, preferred=["c"]) == ("c", "the most accurate and preferred")

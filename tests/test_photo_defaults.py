@@ -109,5 +109,6 @@ def test_the_default_prints_and_records_its_choice(runs) -> None:
         assert line.startswith(f"{candidate['features']} ")
         assert f"accuracy {candidate['accuracy']:.1%}" in line and f"{candidate['cross_entropy']:.3f}" in line
         assert ("<- chosen" in line) == (candidate["features"] == choice["chosen"])
+    assert f"Kept {choice['chosen']}: {choice['reason']}." in log
     for way in ("final", "old_head"):  # asked for one feature set: nothing to choose
         assert runs[way][1]["bottlenecks"]["choice"] is None and "Bottleneck features, scored" not in runs[way][0]

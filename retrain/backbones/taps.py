@@ -103,6 +103,10 @@ FEATURE_SETS: dict[str, dict[str, tuple[Tap, ...]]] = {
     },
 }
 FINAL = "final"
+PREFERRED = "final+middle"
+"""The set `--bottleneck_layers auto` keeps unless another scores clearly better on held-out images
+(retrain.choice.pick): it holds the other two, and over many draws it was the safe choice
+(docs/experiments.md g, docs/decisions.md #38)."""
 
 
 def feature_sets(backbone: Backbone) -> dict[str, tuple[Tap, ...] | None]:
