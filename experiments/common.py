@@ -206,8 +206,9 @@ def measured(seeds: tuple[int, ...]) -> dict:
     }
 
 
-def save(name: str, table: str, runs: dict, about: dict, started: float) -> None:
-    """Prints the table and keeps it, with every run's command and result, in experiments/results/."""
+def save(name: str, table: str, runs: dict, about: dict, started: float, heads: int | None = None) -> None:
+    """Prints the table and keeps it, with every run's command and result, in experiments/results/.
+    `heads`: for a script that trains heads on cached vectors instead of running commands, how many."""
     minutes = round((time.monotonic() - started) / 60, 1)
     about = {**about, "runs": sum(len(r) for r in runs.values()), "minutes": minutes}
     about["failed"] = list(FAILED)
@@ -219,7 +220,8 @@ def save(name: str, table: str, runs: dict, about: dict, started: float) -> None
             else ""
         )
         + f", {about['cpu']}, TensorFlow {about['tensorflow']}; seeds {', '.join(map(str, about['seeds']))};"
-        + f" {about['runs']} runs in {about['minutes']} min"
+        + (f" {heads} heads" if heads is not None else f" {about['runs']} runs")
+        + f" in {about['minutes']} min"
         + (f"; {len(FAILED)} failed" if FAILED else "")
         + "."
     )
