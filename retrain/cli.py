@@ -41,7 +41,7 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
     help="Backbone: efficientnet_lite0 or efficientnet_lite2 (offline), mobilenet_v2, mobilenet_v3_large, "
     "mobilenet_v3_small, inception_v3; the baselines small_cnn (trained from scratch) and pixels; or auto: "
     f"{DEFAULT_ARCHITECTURE}, and with at most {FEW_IMAGES_PER_CLASS} training images a class also "
-    f"{FEW_IMAGES_BACKBONE}'s feature sets, the best kept as --bottleneck_layers auto keeps one.",
+    f"{FEW_IMAGES_BACKBONE}'s feature sets, one kept as --bottleneck_layers auto keeps one.",
 )
 @click.option(
     "--base_model", help="An earlier export (models/<run>) whose network, minus its last layer, is the backbone."
@@ -141,7 +141,8 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
     show_default=True,
     help="Which layers the bottlenecks come from: final (the last layer, averaged), middle (a middle layer on a "
     "2x2 grid: strokes and where they are), final+middle, or auto: each scored on the validation split (or by "
-    "cross-validation) and the best kept. Backbones other than EfficientNet-Lite offer final only.",
+    "cross-validation); final+middle is kept unless another is ahead by more than one standard error. Backbones "
+    "other than EfficientNet-Lite offer final only.",
 )
 @click.option("--print_misclassified_test_images", is_flag=True, help="List the test images the model gets wrong.")
 @click.option("--summaries_dir", help="Write TensorBoard scalars here.")
