@@ -102,12 +102,12 @@ def one_standard_error(preference: tuple[str, ...]) -> Rule:
 
 
 def final_and_middle_unless_beaten(names: list[str], right: Scores, entropy: Scores) -> str:
-    """The most accurate final+middle candidate, unless another is more accurate by more than one
-    standard error (as `one_standard_error`): the set to prefer is fixed, the network is not."""
-    keep = most_accurate([name for name in names if name.endswith(" final+middle")], right, entropy)
-    best = most_accurate(names, right, entropy)
-    lead = int(right[best].sum()) - int(right[keep].sum())
-    return keep if lead <= np.sqrt(np.sum(right[best] != right[keep])) else best
+    """retrain.choice.pick since docs/decisions.md #38, as retrain calls it: the most accurate
+    final+middle candidate, unless another is ahead by more than one standard error."""
+    from retrain.choice import Candidate, pick
+
+    candidates = [Candidate(name, 0, right[name].mean(), entropy[name].mean()) for name in names]
+    return pick(candidates, right, [name for name in names if name.endswith(" final+middle")])[0]
 
 
 def fixed(name: str) -> Rule:

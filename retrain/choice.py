@@ -110,9 +110,8 @@ def pick(candidates: list[Candidate], right: dict[str, np.ndarray], preferred: C
     (`right[name]`: which ones each gets right): the square root of the number that exactly one of
     the two gets right."""
 
-    def most_accurate(among: list[Candidate]) -> Candidate:
-        order = {candidate.name: place for place, candidate in enumerate(candidates)}
-        return max(among, key=lambda c: (c.accuracy, -(c.cross_entropy or 0.0), -order[c.name]))
+    def most_accurate(among: list[Candidate]) -> Candidate:  # max keeps the first of equals: the earlier
+        return max(among, key=lambda c: (c.accuracy, -(c.cross_entropy or 0.0)))
 
     best = most_accurate(candidates)
     keep = most_accurate([c for c in candidates if c.name in preferred] or candidates)
@@ -122,8 +121,9 @@ def pick(candidates: list[Candidate], right: dict[str, np.ndarray], preferred: C
     error = float(np.sqrt(np.sum(right[best.name] != right[keep.name])))
     if lead == 0:
         return keep.name, f"preferred, and as accurate as {best.name}"
-    margin = f"{_images(lead)}, {'within' if lead <= error else 'more than'} one standard error ({error:.1f})"
-    if lead <= error:
+    within = lead <= error
+    margin = f"{_images(lead)}, {'within' if within else 'more than'} one standard error ({error:.1f})"
+    if within:
         return keep.name, f"preferred: {best.name} is ahead by {margin}"
     return best.name, f"ahead of the preferred {keep.name} by {margin}"
 
