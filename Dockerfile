@@ -36,8 +36,12 @@ RUN python -m venv /opt/venv \
 COPY README.md ./
 COPY retrain ./retrain
 COPY serve ./serve
+COPY scripts/check_console_scripts.py ./
+# The project goes in last, alone, so `retrain` and `serve` on PATH are its own (Ray declares a
+# `serve` of its own; docs/decisions.md #39); the check fails the build otherwise.
 RUN pip install --no-cache-dir --constraint constraints.txt --no-deps . \
-    && pip check
+    && pip check \
+    && python check_console_scripts.py
 ENV RETRAIN_WEIGHTS_DIR=/opt/retrain/weights \
     RETRAIN_FEATURE_MODELS_DIR=/opt/retrain/feature_models \
     RETRAIN_CACHE_DIR=/cache \
@@ -61,11 +65,13 @@ RUN python -m venv /opt/venv \
 COPY README.md ./
 COPY retrain ./retrain
 COPY serve ./serve
+COPY scripts/check_console_scripts.py ./
 # Serving needs LiteRT's CPU interpreter only: its WebGPU accelerator, vendor NPU plugins and
 # model tools (31 MB) go, as do pip and setuptools. tests/test_container_runs.py serves every
 # test digit through the result.
 RUN pip install --no-cache-dir --constraint constraints.txt --no-deps . \
     && pip check \
+    && python check_console_scripts.py \
     && pip uninstall --yes --quiet pip setuptools \
     && litert="$(python -c 'import ai_edge_litert, os; print(os.path.dirname(ai_edge_litert.__file__))')" \
     && rm -r "${litert}/libLiteRtWebGpuAccelerator.so" "${litert}/vendors" "${litert}/tools"

@@ -79,8 +79,9 @@ class OtherLoad:
 
 
 def _cpu_seconds() -> tuple[float, float, float]:
-    """(busy CPU seconds of the whole machine, of this process, wall clock); off Linux busy = own (reads as idle)."""
-    own = sum(os.times()[:2])
+    """(busy CPU seconds of the whole machine, of this process and the children it waited for, wall clock);
+    off Linux busy = own (reads as idle)."""
+    own = sum(os.times()[:4])
     try:
         ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):

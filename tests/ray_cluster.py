@@ -11,8 +11,6 @@ variables of its own; `kill` ends a node's whole process tree at once, as a lost
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import shutil
 import signal
@@ -25,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from . import netns
+
 PORT = 6379
 ADDRESS = f"127.0.0.1:{PORT}"
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -32,13 +32,11 @@ START_TIMEOUT = 180  # seconds for the nodes to join; they take ~10 s on an idle
 COUNT_NODES = (
     f"import ray; ray.init(address={ADDRESS!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
 )
-_names = itertools.count()
 
 
 def require_cluster_tools() -> None:
     """Skips where the namespace tools or Ray are missing (they are root's and `retrain[cluster]`'s)."""
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
-        pytest.skip("the cluster tests need root, `ip` and `unshare` for their private network namespace")
+    netns.require_namespaces()
     if not Path(RAY).exists():
         pytest.skip("Ray is not installed (pip install 'retrain[cluster]')")
 
@@ -65,9 +63,7 @@ class RayCluster:
         """A head with `head_cpus` CPUs (and the variables `head_env`) and one worker per dict in
         `workers` (keys: `cpus`, `env`, `blind_to`: a folder the worker cannot see)."""
         require_cluster_tools()
-        namespace = f"retrain-test-{os.getpid()}-{next(_names)}"
-        subprocess.run(["ip", "netns", "add", namespace], check=True)
-        subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up"], check=True)
+        namespace = netns.create("retrain-test")
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
         cluster = cls(namespace, Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp")), env)  # short: socket paths
@@ -99,7 +95,7 @@ class RayCluster:
         log = self.temp_dir / f"{name}.log"
         with log.open("w") as out:
             process = subprocess.Popen(
-                ["ip", "netns", "exec", self.namespace, *command],
+                netns.command(self.namespace, command),
                 env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.nodes.append(Node(name, process, log))
@@ -120,7 +116,7 @@ class RayCluster:
 
     def command(self, args: list[str]) -> list[str]:
         """`args` as run inside the cluster's network namespace."""
-        return ["ip", "netns", "exec", self.namespace, *args]
+        return netns.command(self.namespace, args)
 
     def run(self, args: list[str], timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -147,9 +143,5 @@ class RayCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(node.process.pid, signal.SIGKILL)
                 node.process.wait(timeout=30)
-        pids = subprocess.run(["ip", "netns", "pids", self.namespace], capture_output=True, text=True).stdout.split()
-        for pid in pids:  # whatever Ray left behind in the namespace (workers outlive their raylet briefly)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", self.namespace], check=False)
+        netns.delete(self.namespace)  # with whatever Ray left behind (workers outlive their raylet briefly)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
