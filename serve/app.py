@@ -32,19 +32,29 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.middleware import AccessLog, BodyLimit, RequestTooLargeError
+from serve.budget import DecodeBudget
+from serve.middleware import AccessLog, BodiesInFlightError, BodyLimit, RequestTooLargeError
 from serve.page import page_routes
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, NotAnImageError, preprocess
 from serve.store import ModelStore, NoModelError, ServedModel
 
 MAX_TOP_K = 1000
+# JSON punctuation a request of N images needs at most ({"instances": [{"b64": "..."}, ...]} and the
+# columnar form): more is refused before parsing, since a 32 MiB body of `[],` holds 11 million lists.
+JSON_TOKENS_PER_IMAGE = 8
+JSON_TOKENS_SPARE = 64
 
 
 @dataclass(frozen=True)
 class ServeSettings:
+    """The server's limits; each is a `serve` flag of the same name (README, "Limits")."""
+
     model_name: str = "retrained"
     max_request_bytes: int = 32 * 2**20
     max_image_pixels: int = 40_000_000
+    max_images_per_request: int = 64
+    decode_memory_bytes: int = 768 * 2**20  # decoding at once, across all requests (serve.budget)
+    max_body_bytes_in_flight: int = 128 * 2**20  # request bodies being received at once
     retry_after_seconds: int = 5  # told to clients while no model is loaded yet
 
 
@@ -95,8 +105,9 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         description="Label queries for an image classifier exported by retrain.",
         version="1",
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, max_in_flight=settings.max_body_bytes_in_flight)
     app.add_middleware(AccessLog)
+    budget = DecodeBudget(settings.decode_memory_bytes)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -105,6 +116,10 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
     @app.exception_handler(RequestTooLargeError)
     async def too_large(_: Request, error: RequestTooLargeError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=413)
+
+    @app.exception_handler(BodiesInFlightError)
+    async def busy(_: Request, error: BodiesInFlightError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=503, headers={"retry-after": "1"})
 
     @app.exception_handler(NoModelError)
     async def no_model(_: Request, error: NoModelError) -> JSONResponse:
@@ -126,7 +141,7 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         pixels = []
         for index, data in enumerate(images):
             try:
-                pixels.append(await run_in_threadpool(preprocess, data, spec, settings.max_image_pixels))
+                pixels.append(await run_in_threadpool(preprocess, data, spec, settings.max_image_pixels, budget))
             except ImageDecodeError as e:
                 raise _image_error(e, names[index] if names else f"image {index}") from e
         futures = [served.batcher.submit(p) for p in pixels]
@@ -141,7 +156,8 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         """Upload one or more images (multipart, any field name); get each one's top_k labels."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(415, "send images as multipart/form-data, e.g. curl -F file=@photo.jpg")
-        async with request.form(max_files=64, max_fields=64) as form:
+        limit = settings.max_images_per_request
+        async with request.form(max_files=limit, max_fields=limit) as form:
             uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
             if not uploads:
                 raise ApiError(400, "no file in the upload; use e.g. curl -F file=@photo.jpg")
@@ -159,9 +175,9 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
     async def tf_serving_predict(name: str, request: Request) -> dict[str, Any]:
         """TensorFlow Serving's predict: row (`instances`) or columnar (`inputs`) format, images as {"b64": ...}."""
         check_name(name)
-        body = await _json_body(request)
+        body = await _json_body(request, settings.max_images_per_request)
         columnar = "inputs" in body
-        images = _images_from(body, ("inputs",) if columnar else ("instances",))
+        images = _images_from(body, ("inputs",) if columnar else ("instances",), settings.max_images_per_request)
         with store.lease() as served:
             rows = await scores_for(served, images)
             labels = served.model.labels
@@ -173,8 +189,8 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
     async def tf_serving_classify(name: str, request: Request) -> dict[str, Any]:
         """TensorFlow Serving's classify: {"examples": [...]} -> {"result": [[[label, score], ...]]}, best first."""
         check_name(name)
-        body = await _json_body(request)
-        images = _images_from(body, ("examples", "instances"))
+        body = await _json_body(request, settings.max_images_per_request)
+        images = _images_from(body, ("examples", "instances"), settings.max_images_per_request)
         with store.lease() as served:
             rows = await scores_for(served, images)
             ranked = [served.model.rank(row, len(row)) for row in rows]
@@ -215,12 +231,12 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         """The labels the current model answers with, in score order."""
         return {"labels": store.current.labels}
 
-    @app.get("/healthz", response_model=Health)
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
     async def healthz() -> dict[str, Any]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness)
+    @app.api_route("/readyz", methods=["GET", "HEAD"], response_model=Readiness)
     async def readyz() -> dict[str, Any]:
         """Readiness: a model is loaded and has passed its start-up inference (503 while none has)."""
         model = store.current
@@ -230,20 +246,27 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
     return app
 
 
-async def _json_body(request: Request) -> dict:
+async def _json_body(request: Request, max_images: int) -> dict:
+    """The body as a JSON object, refused before parsing when it holds more arrays, objects, members
+    or items than `max_images` images need (parsing such a body is what costs memory)."""
     raw = await request.body()
+    tokens = sum(raw.count(mark) for mark in (b"[", b"{", b",", b":"))
+    if tokens > JSON_TOKENS_PER_IMAGE * max_images + JSON_TOKENS_SPARE:
+        raise ApiError(413, f"the JSON body has more items than {max_images} images need (--max_images_per_request)")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        body = await run_in_threadpool(json.loads, raw)
+    except RecursionError as e:
+        raise ApiError(400, "malformed JSON: nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert
         raise ApiError(400, f"malformed JSON: {e}") from e
     if not isinstance(body, dict):
         raise ApiError(400, 'the JSON body must be an object, e.g. {"instances": [{"b64": "..."}]}')
     return body
 
 
-def _images_from(body: dict, keys: tuple[str, ...]) -> list[bytes]:
+def _images_from(body: dict, keys: tuple[str, ...], max_images: int) -> list[bytes]:
     """Image bytes from TF Serving's JSON: a list of {"b64": ...} or of {"<input>": {"b64": ...}},
-    or, in columnar form, {"<input>": [{"b64": ...}, ...]}."""
+    or, in columnar form, {"<input>": [{"b64": ...}, ...]}; more than `max_images` is a 413."""
     key = next((k for k in keys if k in body), None)
     if key is None:
         raise ApiError(400, f"the JSON body needs {' or '.join(repr(k) for k in keys)}")
@@ -252,6 +275,8 @@ def _images_from(body: dict, keys: tuple[str, ...]) -> list[bytes]:
         (items,) = items.values()
     if not isinstance(items, list) or not items:
         raise ApiError(400, f'{key!r} must be a non-empty list of {{"b64": ...}} images')
+    if len(items) > max_images:
+        raise ApiError(413, f"{len(items)} images in one request; at most {max_images} (--max_images_per_request)")
     return [_decode_b64(item, index) for index, item in enumerate(items)]
 
 

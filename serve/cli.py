@@ -79,6 +79,34 @@ class ServeError(Exception):
     help="Larger images are refused (413) before decoding.",
 )
 @click.option(
+    "--max_images_per_request",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most images in one request (files of an upload, instances of a JSON body); more is refused.",
+)
+@click.option(
+    "--decode_memory_mb",
+    default=768,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Memory for decoding images at once, across all requests; an image that alone needs more is refused (413).",
+)
+@click.option(
+    "--max_body_mb_in_flight",
+    default=128,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Request bodies being received at once, across all requests; past it, new bodies get 503.",
+)
+@click.option(
+    "--header_timeout_seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="A connection that takes longer to send a request's line and headers is closed.",
+)
+@click.option(
     "--poll_seconds",
     default=2.0,
     show_default=True,
@@ -134,8 +162,12 @@ def _run_server(**options) -> None:
 
     from serve.app import ServeSettings, create_app
     from serve.batcher import MicroBatcher
+    from serve.connections import header_timeout_protocol
+    from serve.memory import map_large_buffers
     from serve.runtime import load_model
     from serve.store import ModelStore, ServedModel
+
+    map_large_buffers()  # before anything large is allocated: the decoding budget then bounds RSS
 
     def load(model_dir: Path) -> ServedModel:
         model = load_model(model_dir, options["workers"], options["threads_per_worker"])
@@ -153,11 +185,19 @@ def _run_server(**options) -> None:
         model_name=options["model_name"],
         max_request_bytes=options["max_request_bytes"],
         max_image_pixels=options["max_image_pixels"],
+        max_images_per_request=options["max_images_per_request"],
+        decode_memory_bytes=options["decode_memory_mb"] * 2**20,
+        max_body_bytes_in_flight=options["max_body_mb_in_flight"] * 2**20,
         retry_after_seconds=math.ceil(options["poll_seconds"]) or 5,  # the next look for an export
     )
     try:
         uvicorn.run(
-            create_app(store, settings), host=options["host"], port=options["port"], log_config=None, access_log=False
+            create_app(store, settings),
+            host=options["host"],
+            port=options["port"],
+            http=header_timeout_protocol(options["header_timeout_seconds"]),
+            log_config=None,
+            access_log=False,
         )
     finally:
         store.close()

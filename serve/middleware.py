@@ -6,6 +6,8 @@ import json
 import logging
 import time
 
+from serve.text import printable
+
 access_log = logging.getLogger("serve.access")
 
 
@@ -13,38 +15,63 @@ class RequestTooLargeError(Exception):
     """The body is over the limit; answered with 413."""
 
 
-class BodyLimit:
-    """Refuses bodies over `max_bytes`: at once from Content-Length, else while streaming."""
+class BodiesInFlightError(Exception):
+    """Receiving this body would pass the limit on bodies held at once; answered with 503."""
 
-    def __init__(self, app, max_bytes: int):
+
+class BodyLimit:
+    """Refuses a body over `max_bytes` (413), and one that would take the bytes of all bodies being
+    received or held by requests in progress past `max_in_flight` (503): at once from Content-Length,
+    else while streaming. So request bodies can never hold more than `max_in_flight` bytes together."""
+
+    def __init__(self, app, max_bytes: int, max_in_flight: int):
         self.app = app
         self.max_bytes = max_bytes
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # one event loop: no lock needed
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _send_json(send, 413, {"error": self._message(int(declared))})
+        declared = int(declared) if declared and declared.isdigit() else 0
+        if declared > self.max_bytes:
+            return await _send_json(send, 413, {"error": self._message(declared)})
+        if self.in_flight + declared > self.max_in_flight:
+            return await _send_json(send, 503, {"error": self._busy()}, [(b"retry-after", b"1")])
+        held = declared
+        self.in_flight += held
         received = 0
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, held
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise RequestTooLargeError(self._message(received))
+            if received > held:  # no or a false Content-Length: count what arrives
+                if self.in_flight + received - held > self.max_in_flight:
+                    raise BodiesInFlightError(self._busy())
+                self.in_flight += received - held
+                held = received
             return message
 
-        return await self.app(scope, limited_receive, send)
+        try:
+            return await self.app(scope, limited_receive, send)
+        finally:
+            self.in_flight -= held
 
     def _message(self, size: int) -> str:
         return f"request body of {size:,} bytes is over the {self.max_bytes:,}-byte limit (--max_request_bytes)"
 
+    def _busy(self) -> str:
+        return f"the server holds {self.max_in_flight:,} bytes of request bodies already (--max_body_mb_in_flight)"
+
 
 class AccessLog:
     """One `client "METHOD path" status latency` line per request; the same values ride along as
-    `record.fields` for a JSON formatter."""
+    `record.fields` for a JSON formatter. The method and path are the client's bytes, printed with
+    `serve.text.printable` (and `"` escaped) so that no request can write a line of its own."""
 
     def __init__(self, app):
         self.app = app
@@ -70,15 +97,15 @@ class AccessLog:
         client = scope.get("client")
         host = client[0] if client else "-"
         path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
-        fields = {"client": host, "method": scope["method"], "path": path, "status": status}
+        path, method = (printable(text).replace('"', '\\"') for text in (path, scope["method"]))
+        fields = {"client": host, "method": method, "path": path, "status": status}
         fields["latency_ms"] = round(latency_ms, 2)
-        access_log.info(
-            '%s "%s %s" %d %.1fms', host, scope["method"], path, status, latency_ms, extra={"fields": fields}
-        )
+        access_log.info('%s "%s %s" %d %.1fms', host, method, path, status, latency_ms, extra={"fields": fields})
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, extra_headers: list | None = None) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += extra_headers or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

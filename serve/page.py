@@ -58,7 +58,7 @@ def page_routes(store: ModelStore, model_name: str) -> APIRouter:
     assets = {name: web.joinpath(name).read_bytes() for name in ASSETS}
     router = APIRouter()
 
-    @router.get("/", include_in_schema=False)
+    @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> Response:
         return Response(assets["index.html"], media_type=ASSETS["index.html"], headers=NO_CACHE)
 

@@ -14,9 +14,13 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from serve.budget import DecodeBudget
 
 # Bump when the steps below change: it is part of every bottleneck cache key.
 PREPROCESSING_VERSION = 1
@@ -25,6 +29,10 @@ CENTRAL_FRACTION = 0.875
 
 # Decompression-bomb guard: more pixels than this is refused, not decoded (a 12k x 12k photo).
 MAX_IMAGE_PIXELS = 144_000_000
+
+# The formats retrain and serve decode (the README's .jpg .jpeg .png .gif .bmp .webp); Pillow knows
+# dozens more, each a parser that a stranger's bytes could reach.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 
 # How common formats begin: bytes that start like one of these but cannot be opened are a corrupt
 # image (truncated inside its header), not "no image at all".
@@ -75,25 +83,38 @@ def decode_image(data: bytes, target_size: tuple[int, int] | None = None, max_pi
     not change what the bicubic resize produces in any visible way. Images with more than
     `max_pixels` (default MAX_IMAGE_PIXELS) are refused from their header, before decoding.
     """
+    return load_image(open_image(data, target_size, max_pixels))
+
+
+def open_image(data: bytes, target_size: tuple[int, int] | None = None, max_pixels: int | None = None) -> Image.Image:
+    """The image's header, read and checked (format in FORMATS, at most `max_pixels`), nothing decoded.
+    Its `size` is what `load_image` will decode: for a JPEG, already reduced by draft mode."""
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise NotAnImageError("empty file")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
         except Image.DecompressionBombError as e:
             raise ImageTooLargeError(str(e)) from e
         except (OSError, ValueError, SyntaxError) as e:
             known = next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
             if known:
                 raise ImageDecodeError(f"corrupt or truncated {known} image (its header is incomplete)") from e
-            raise NotAnImageError("not an image in a format Pillow reads") from e
-        if image.width * image.height > limit:
-            raise ImageTooLargeError(f"image is {image.width}x{image.height} pixels, more than {limit:,}")
+            raise NotAnImageError(f"not an image in a format read here ({', '.join(FORMATS)})") from e
+    if image.width * image.height > limit:
+        raise ImageTooLargeError(f"image is {image.width}x{image.height} pixels, more than {limit:,}")
+    if target_size is not None and image.format == "JPEG":
+        image.draft("RGB", (2 * target_size[0], 2 * target_size[1]))
+    return image
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """Decodes an `open_image` header to an upright RGB image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            if target_size is not None and image.format == "JPEG":
-                image.draft("RGB", (2 * target_size[0], 2 * target_size[1]))
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -147,10 +168,25 @@ def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return (pixels.astype(np.float32) - np.float32(spec.mean)) / np.float32(spec.std)
 
 
-def preprocess(data: bytes, spec: InputSpec, max_pixels: int | None = None) -> np.ndarray:
-    """Encoded image bytes -> float32 array (height, width, 3), ready for the backbone."""
-    image = decode_image(data, target_size=(spec.width, spec.height), max_pixels=max_pixels)
-    return normalize(resize_for_model(image, spec), spec)
+def preprocess(
+    data: bytes, spec: InputSpec, max_pixels: int | None = None, budget: DecodeBudget | None = None
+) -> np.ndarray:
+    """Encoded image bytes -> float32 array (height, width, 3), ready for the backbone. With a
+    `budget`, decoding and resizing wait until the memory they need (from the header) is free in it;
+    an image that alone needs more than the budget is an ImageTooLargeError."""
+    header = open_image(data, target_size=(spec.width, spec.height), max_pixels=max_pixels)
+    if budget is None:
+        return normalize(resize_for_model(load_image(header), spec), spec)
+    from serve.budget import decode_cost
+
+    cost = decode_cost(header.width, header.height, header.mode)
+    if cost > budget.max_bytes:
+        raise ImageTooLargeError(
+            f"decoding this {header.width}x{header.height} {header.mode} image needs about {cost / 2**20:,.0f} MiB, "
+            f"over the {budget.max_bytes / 2**20:,.0f} MiB decoding budget (--decode_memory_mb)"
+        )
+    with budget.hold(cost):
+        return normalize(resize_for_model(load_image(header), spec), spec)
 
 
 def preprocess_file(path: str | os.PathLike, spec: InputSpec) -> np.ndarray:

@@ -361,6 +361,12 @@ TEXT = b"these are notes, not a picture\n"
 TF_PREDICT = f"/v1/models/{MODEL}:predict"
 
 
+def image_bytes(image: Image.Image, format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format)
+    return buffer.getvalue()
+
+
 @functools.cache
 def png_bomb(side: int) -> bytes:
     """A real decompression bomb: a side x side black PNG, every row present, in a few hundred kB.
@@ -456,6 +462,17 @@ ERRORS: dict[str, tuple[str, set[int], Callable[[Server], Answer]]] = {
     "streamed-body-over-limit": ("small_server", {413}, _streamed(20, b"x" * 20_000)),
     "b64-body-over-limit": ("small_server", {413}, _post(TF_PREDICT, json={"instances": [{"b64": b64(PHOTO * 60)}]})),
     "image-over-max_image_pixels": ("small_server", {413}, _post_file(png(Image.new("L", (400, 400), 255)))),
+    # Hostile JSON: each once escaped the error handler as a 500, or took gigabytes (issue 23).
+    "json-nested-100000-deep": ("server", {400, 413}, _post(TF_PREDICT, content=b"[" * 100_000)),
+    "json-object-nested-deep": ("server", {400, 413}, _post(TF_PREDICT, content=b'{"a":' * 50_000)),
+    "json-integer-of-5000-digits": ("server", {400}, _post(TF_PREDICT, content=b'{"instances": ' + b"7" * 5000 + b"}")),
+    "json-invalid-utf8": ("server", {400}, _post(TF_PREDICT, content=b'{"instances": "\xff\xfe"}')),
+    "json-too-many-instances": ("server", {413}, _post(TF_PREDICT, json={"instances": [{"b64": b64(DIGIT)}] * 65})),
+    "json-columnar-too-many": ("server", {413}, _post(TF_PREDICT, json={"inputs": {"x": [{"b64": b64(DIGIT)}] * 65}})),
+    "classify-too-many": ("server", {413}, _post(f"/v1/models/{MODEL}:classify", json={"examples": [{}] * 65})),
+    "json-million-empty-lists": ("server", {413}, _post(TF_PREDICT, content=b'{"x": [' + b"[]," * 1_000_000 + b"[]]}")),
+    "upload-too-many-files": ("server", {400, 413}, _post("/predict", files=[("f", DIGIT)] * 65)),
+    "tiff-is-not-a-served-format": ("server", {415}, _post_file(image_bytes(Image.new("RGB", (8, 8)), "TIFF"))),
 }
 
 
@@ -1054,3 +1071,92 @@ def test_json_access_log_has_method_path_status_and_latency(small_server: Server
         assert isinstance(record["latency_ms"], int | float) and record["latency_ms"] >= 0
         statuses[record["path"]] = record["status"]
     assert statuses == {"/predict?tag=json-ok": 200, "/predict?tag=json-415": 415}
+
+
+def test_a_request_cannot_write_a_log_line_of_its_own(server: Server) -> None:
+    """A path with a newline, CR, ESC and a quote is logged on one line, each written as an escape."""
+    forged = '2026-12-07 01:00:00,000 127.0.0.1 "POST /admin/reload" 200 1.0ms'
+    path = "/nope-forge%0A" + forged.replace(" ", "%20").replace('"', "%22") + "%0D%1B]0;title%07"
+    answer = server.raw("GET", path)
+    assert answer.status == 404
+    wait_for(lambda: "nope-forge" in server.log(), "the access line")
+    lines = [line for line in server.log().splitlines() if "/admin/reload" in line]
+    assert len(lines) == 1 and "nope-forge\\n2026" in lines[0], lines
+    assert r"\x1b]0;title\x07" in lines[0] and '\\"POST' in lines[0]
+    assert not any(line.startswith("2026-12-07 01:00:00") for line in server.log().splitlines())
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/"])
+def test_probes_answer_head(server: Server, path: str) -> None:
+    with server.client() as client:
+        answer = client.head(path)
+    assert answer.status_code == 200 and answer.content == b""
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(export: Path, tmp_path: Path) -> None:
+    """Slow or unfinished request heads are closed after --header_timeout_seconds; others are served."""
+    running = start_server(export, tmp_path / "server.log", "--poll_seconds", "0", "--header_timeout_seconds", "1")
+    host, port = running.url.removeprefix("http://").split(":")
+    try:
+        stalled = [socket.create_connection((host, int(port)), timeout=TIMEOUT) for _ in range(20)]
+        for connection in stalled:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finished
+        for connection in stalled:
+            assert connection.recv(1024) == b""  # closed by the server (the socket would time out otherwise)
+            connection.close()
+        with running.client() as client:
+            assert client.get("/healthz").status_code == 200
+    finally:
+        running.stop()
+
+
+MEMORY_BOUND = 2**30  # the README's bound on what a client can add to the server's RSS with default limits
+
+
+def _rss_kib(pid: int, field: str) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.M)[1])
+
+
+@functools.cache
+def big_png(mode: str) -> bytes:
+    """6000x6600 (39.6 Mpx, under the 40 Mpx default): a small file that decodes to hundreds of MB."""
+    image = Image.new(mode, (6000, 6600), 128 if mode == "L" else (128,) * len(mode))
+    return image_bytes(image, "PNG")
+
+
+def test_hostile_requests_add_at_most_the_stated_bound_to_the_servers_memory(
+    export: Path, split: Split, tmp_path: Path
+) -> None:
+    """Issue 23 rows 2-3, with default limits: large images at once, thousands of instances, a flood
+    of large bodies. The server's peak RSS (VmHWM) stays within MEMORY_BOUND of its idle RSS."""
+    running = start_server(export, tmp_path / "server.log", "--poll_seconds", "0")
+    try:
+        assert_serves_normally(running, split)
+        idle = _rss_kib(running.process.pid, "VmRSS") * 1024
+
+        def post(path: str, **request) -> int:
+            with running.client() as client:
+                return client.post(path, **request).status_code
+
+        images = [big_png("RGB"), big_png("RGB"), big_png("L"), big_png("L")]
+        hostile = [functools.partial(post, "/predict", files={"file": ("big.png", data)}) for data in images]
+        hostile.append(functools.partial(post, "/predict", files={"file": ("rgba.png", big_png("RGBA"))}))
+        hostile.append(functools.partial(post, TF_PREDICT, json={"instances": [{"b64": b64(png_1x1())}] * 2000}))
+        flood = b"{" + os.urandom(30 * 2**20)
+        hostile += [functools.partial(post, TF_PREDICT, content=flood) for _ in range(8)]
+        with ThreadPoolExecutor(len(hostile)) as pool:
+            statuses = list(pool.map(lambda send: send(), hostile))
+        peak = _rss_kib(running.process.pid, "VmHWM") * 1024
+        assert statuses[:4] == [200] * 4  # under every limit: served, one after another
+        assert statuses[4:6] == [413, 413]  # an RGBA of 39.6 Mpx needs ~830 MiB to decode; 2,000 instances
+        assert set(statuses[6:]) <= {400, 413, 503}  # garbage bodies: read and refused, or turned away (busy)
+        print(f"idle {idle / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, statuses {statuses}")
+        assert peak - idle <= MEMORY_BOUND, f"peak RSS {peak / 2**20:.0f} MiB, idle {idle / 2**20:.0f} MiB"
+        assert_serves_normally(running, split)
+    finally:
+        running.stop()
+
+
+def png_1x1() -> bytes:
+    return image_bytes(Image.new("L", (1, 1)), "PNG")
