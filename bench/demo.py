@@ -22,7 +22,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-
 from bottlenecks import OtherLoad  # bench/, first on sys.path when run as a script
 from hardware import cpu_model
 

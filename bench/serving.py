@@ -12,6 +12,9 @@ same model and the same interpreter settings the server uses, it measures:
               the client counts taking turns in rounds so that a drift in machine speed hits all alike;
 
 and checks the targets: single-client p50 <= 1.5 x bare + 5 ms; throughput at 16 clients >= 2 x at 1.
+With `--baseline REV` the same HTTP phases also run, in the same run and alternating with this tree's
+server phase by phase, against the server of git revision REV (a temporary worktree): p50 and
+throughput before and after, as ratios (what a change to serve costs).
 The client is Python on the same cores as the server, so its CPU use is measured and printed too;
 so is every other process's, and each phase first waits for the machine to be idle.
 """
@@ -251,9 +254,11 @@ class Results:
 @click.option("--threads_per_worker", type=click.IntRange(min=1), help="Passed to the server.")
 @click.option("--max_batch_size", type=click.IntRange(min=1), help="Passed to the server.")
 @click.option("--batch_timeout_ms", type=click.FloatRange(min=0), help="Passed to the server.")
+@click.option("--baseline", help="A git revision whose server is measured beside this tree's (before/after).")
 @click.option("--json", "write_json", is_flag=True, help="Also write the results to bench/results/.")
 def main(
     model_dir: Path | None,
+    baseline: str | None,
     requests: int,
     duration: float,
     rounds: int,
@@ -275,9 +280,13 @@ def main(
         print("server settings: " + ", ".join(f"{k}={v:g}" for k, v in settings.items()), flush=True)
         images = _digit_images()
         results = _bare(model_dir, settings, images, bare_runs, idle_timeout)
+        if baseline:
+            before = _before_and_after(model_dir, options, images, baseline, Path(tmp), requests, duration, rounds)
         with _server(model_dir, options, Path(tmp) / "server.log") as (port, pid):
             results.phases += _http_phases(port, pid, images, requests, duration, rounds, idle_timeout)
     elapsed = time.perf_counter() - started
+    if baseline:
+        _print_before_and_after(baseline, before)
 
     print()
     _print_table(results)
@@ -294,6 +303,51 @@ def main(
     if write_json:
         path = _write_json(results, verdicts, settings, model_dir, elapsed)
         print(f"results written to {path.relative_to(REPO)}")
+
+
+def _before_and_after(
+    model_dir: Path,
+    options: ServerOptions,
+    images: list[bytes],
+    baseline: str,
+    tmp: Path,
+    requests: int,
+    duration: float,
+    rounds: int,
+) -> list[tuple[Phase, Phase]]:
+    """(baseline phase, this tree's phase) pairs, measured alternately: each pair back to back."""
+    tree = tmp / "baseline"
+    add = ["git", "worktree", "add", "--detach", str(tree), baseline]
+    subprocess.run(add, cwd=REPO, check=True, capture_output=True)
+    pairs = []
+    try:
+        kinds = (("/predict multipart", _multipart(images)), (":predict b64 JSON", _tf_serving(images)))
+        with (
+            _server(model_dir, options, tmp / "baseline.log", source=tree) as (old_port, old_pid),
+            _server(model_dir, options, tmp / "after.log") as (new_port, new_pid),
+        ):
+            for name, kind in kinds:
+                old = _sequential(old_port, old_pid, name, kind, requests)
+                pairs.append((old, _sequential(new_port, new_pid, name, kind, requests)))
+            clients = CLIENTS[-1]
+            for _ in range(rounds):
+                old = _load(old_port, old_pid, kinds[0][1], clients, duration / rounds)
+                pairs.append((old, _load(new_port, new_pid, kinds[0][1], clients, duration / rounds)))
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+    return pairs
+
+
+def _print_before_and_after(baseline: str, pairs: list[tuple[Phase, Phase]]) -> None:
+    print(f"\nbefore ({baseline}) and after (this tree), measured alternately in this run:")
+    for old, new in pairs[:2]:
+        before, after = old.percentile(50), new.percentile(50)
+        print(f"  {old.name:<19} p50 {before:6.2f} ms -> {after:6.2f} ms  (after / before {after / before:.2f})")
+    loads = pairs[2:]
+    before = sum(old.requests for old, _ in loads) / sum(old.seconds for old, _ in loads)
+    after = sum(new.requests for _, new in loads) / sum(new.seconds for _, new in loads)
+    name = loads[0][0].name
+    print(f"  {name:<19} {before:7.1f} req/s -> {after:7.1f} req/s  (after / before {after / before:.2f})")
 
 
 def _train_model(output_dir: Path) -> Path:
@@ -365,14 +419,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _server(model_dir: Path, options: ServerOptions, log_path: Path) -> Iterator[tuple[int, int]]:
-    """A real `python -m serve` on 127.0.0.1 (its log goes to a file: a full pipe would stall it)."""
+def _server(model_dir: Path, options: ServerOptions, log_path: Path, source: Path = REPO) -> Iterator[tuple[int, int]]:
+    """A real `python -m serve` on 127.0.0.1, of the sources in `source` (its log goes to a file: a full
+    pipe would stall it)."""
     port = _free_port()
     command = [sys.executable, "-m", "serve", "--model_dir", str(model_dir), "--host", "127.0.0.1"]
     command += ["--port", str(port), *options.args()]
     print(f"server: {shlex.join(command)}", flush=True)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=source, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_ready(port, process, log_path)
         yield port, process.pid

@@ -27,13 +27,24 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.api_schema import (
+    CLASSIFY_REQUEST,
+    PREDICT_REQUEST,
+    UPLOAD_REQUEST,
+    ClassifyResponse,
+    TFPredictResponse,
+    complete_openapi,
+    errors,
+)
 from serve.budget import DecodeBudget
-from serve.middleware import AccessLog, BodiesInFlightError, BodyLimit, RequestTooLargeError
+from serve.docs import docs_routes
+from serve.middleware import AccessLog, BodiesInFlightError, BodyLimit, HostAllowList, RequestTooLargeError
 from serve.page import page_routes
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, NotAnImageError, preprocess
 from serve.store import ModelStore, NoModelError, ServedModel
@@ -55,6 +66,8 @@ class ServeSettings:
     max_images_per_request: int = 64
     decode_memory_bytes: int = 768 * 2**20  # decoding at once, across all requests (serve.budget)
     max_body_bytes_in_flight: int = 128 * 2**20  # request bodies being received at once
+    allowed_hosts: tuple[str, ...] = ("*",)  # Host header values served; "*" any
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may read the answers; none by default
     retry_after_seconds: int = 5  # told to clients while no model is loaded yet
 
 
@@ -91,11 +104,20 @@ class Health(BaseModel):
     status: str
 
 
+class RefusedReload(BaseModel):
+    """The last export a reload refused; the model above still serves."""
+
+    export: str
+    version: int | None
+    error: str
+
+
 class Readiness(BaseModel):
     status: str
     model: str
     version: int
     labels: int
+    refused: RefusedReload | None = None
 
 
 def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> FastAPI:
@@ -104,8 +126,15 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         title="retrain serve",
         description="Label queries for an image classifier exported by retrain.",
         version="1",
+        docs_url=None,  # served from this package by serve.docs, not from a CDN
+        redoc_url=None,
+        responses=errors(500),
     )
+    app.openapi = lambda: complete_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, max_in_flight=settings.max_body_bytes_in_flight)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
+    app.add_middleware(HostAllowList, hosts=list(settings.allowed_hosts))
     app.add_middleware(AccessLog)
     budget = DecodeBudget(settings.decode_memory_bytes)
 
@@ -151,7 +180,12 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         if name != settings.model_name:
             raise ApiError(404, f"model {name!r} not found; this server serves {settings.model_name!r}")
 
-    @app.post("/predict", response_model=PredictResponse | MultiPredictResponse)
+    @app.post(
+        "/predict",
+        response_model=PredictResponse | MultiPredictResponse,
+        responses=errors(400, 413, 415, 503),
+        openapi_extra=UPLOAD_REQUEST,
+    )
     async def predict_upload(request: Request, top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5) -> dict[str, Any]:
         """Upload one or more images (multipart, any field name); get each one's top_k labels."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -171,7 +205,13 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
             ]
         return results[0] if len(results) == 1 else {"results": results}
 
-    @app.post("/v1/models/{name}:predict")
+    @app.post(
+        "/v1/models/{name}:predict",
+        response_model=TFPredictResponse,
+        response_model_exclude_none=True,
+        responses=errors(400, 404, 413, 415, 503),
+        openapi_extra=PREDICT_REQUEST,
+    )
     async def tf_serving_predict(name: str, request: Request) -> dict[str, Any]:
         """TensorFlow Serving's predict: row (`instances`) or columnar (`inputs`) format, images as {"b64": ...}."""
         check_name(name)
@@ -185,7 +225,12 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
             return {"outputs": {"scores": [row.tolist() for row in rows], "classes": [labels for _ in rows]}}
         return {"predictions": [{"scores": row.tolist(), "classes": labels} for row in rows]}
 
-    @app.post("/v1/models/{name}:classify")
+    @app.post(
+        "/v1/models/{name}:classify",
+        response_model=ClassifyResponse,
+        responses=errors(400, 404, 413, 415, 503),
+        openapi_extra=CLASSIFY_REQUEST,
+    )
     async def tf_serving_classify(name: str, request: Request) -> dict[str, Any]:
         """TensorFlow Serving's classify: {"examples": [...]} -> {"result": [[[label, score], ...]]}, best first."""
         check_name(name)
@@ -196,16 +241,19 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
             ranked = [served.model.rank(row, len(row)) for row in rows]
         return {"result": [[[r.label, r.score] for r in ranking] for ranking in ranked]}
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}", responses=errors(404, 503))
     async def tf_serving_status(name: str) -> dict[str, Any]:
         """TensorFlow Serving's model status."""
         check_name(name)
-        status = {"error_code": "OK", "error_message": ""}
-        return {
-            "model_version_status": [{"version": str(store.current.version), "state": "AVAILABLE", "status": status}]
-        }
+        ok = {"error_code": "OK", "error_message": ""}
+        versions = [{"version": str(store.current.version), "state": "AVAILABLE", "status": ok}]
+        refused = store.refused
+        if refused is not None:  # TF Serving lists a version that failed to load as END with its error
+            failed = {"error_code": "INVALID_ARGUMENT", "error_message": refused.error}
+            versions.insert(0, {"version": str(refused.version or 0), "state": "END", "status": failed})
+        return {"model_version_status": versions}
 
-    @app.get("/v1/models/{name}/metadata")
+    @app.get("/v1/models/{name}/metadata", responses=errors(404, 503))
     async def tf_serving_metadata(name: str) -> dict[str, Any]:
         """TensorFlow Serving's metadata: the signature, plus the labels and the export's model.json."""
         check_name(name)
@@ -226,23 +274,35 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
             "model": model.info.to_json(),
         }
 
-    @app.get("/labels", response_model=Labels)
+    @app.get("/labels", response_model=Labels, responses=errors(503))
     async def labels() -> dict[str, Any]:
         """The labels the current model answers with, in score order."""
         return {"labels": store.current.labels}
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
+    @app.get("/healthz", response_model=Health)
     async def healthz() -> dict[str, Any]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"], response_model=Readiness)
+    @app.get("/readyz", response_model=Readiness, response_model_exclude_none=True, responses=errors(503))
     async def readyz() -> dict[str, Any]:
         """Readiness: a model is loaded and has passed its start-up inference (503 while none has)."""
         model = store.current
-        return {"status": "ready", "model": str(model.directory), "version": model.version, "labels": len(model.labels)}
+        answer = {
+            "status": "ready",
+            "model": model.directory.name,
+            "version": model.version,
+            "labels": len(model.labels),
+        }
+        refused = store.refused
+        if refused is not None:
+            answer["refused"] = {"export": refused.directory.name, "version": refused.version, "error": refused.error}
+        return answer
 
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # monitors that probe with HEAD
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
     app.include_router(page_routes(store, settings.model_name))
+    app.include_router(docs_routes(app.title))
     return app
 
 

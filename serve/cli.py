@@ -107,6 +107,21 @@ class ServeError(Exception):
     help="A connection that takes longer to send a request's line and headers is closed.",
 )
 @click.option(
+    "--allowed_hosts",
+    default="*",
+    show_default=True,
+    envvar="SERVE_ALLOWED_HOSTS",
+    show_envvar=True,
+    help="Comma-separated Host header values to serve (e.g. localhost,serve.example.com,*.example.com); "
+    "others get 400. Name yours where browsers on other sites can reach the server (DNS rebinding).",
+)
+@click.option(
+    "--cors_origins",
+    default="",
+    help="Comma-separated origins (https://app.example.com) whose pages may read answers; none by default, "
+    "so only pages served by serve itself can.",
+)
+@click.option(
     "--poll_seconds",
     default=2.0,
     show_default=True,
@@ -188,6 +203,8 @@ def _run_server(**options) -> None:
         max_images_per_request=options["max_images_per_request"],
         decode_memory_bytes=options["decode_memory_mb"] * 2**20,
         max_body_bytes_in_flight=options["max_body_mb_in_flight"] * 2**20,
+        allowed_hosts=_names(options["allowed_hosts"]),
+        cors_origins=_names(options["cors_origins"]),
         retry_after_seconds=math.ceil(options["poll_seconds"]) or 5,  # the next look for an export
     )
     try:
@@ -201,6 +218,10 @@ def _run_server(**options) -> None:
         )
     finally:
         store.close()
+
+
+def _names(listed: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in listed.split(",") if name.strip())
 
 
 def _load(loader):

@@ -1,4 +1,4 @@
-"""Two small ASGI middlewares: a request-size limit and one access-log line per request."""
+"""Small ASGI middlewares: request-size limits, a Host allow-list, and one access-log line per request."""
 
 from __future__ import annotations
 
@@ -66,6 +66,27 @@ class BodyLimit:
 
     def _busy(self) -> str:
         return f"the server holds {self.max_in_flight:,} bytes of request bodies already (--max_body_mb_in_flight)"
+
+
+class HostAllowList:
+    """Answers 400 to a request whose Host header is not one of `hosts` (`*.example.com` matches its
+    subdomains; `*` alone, the default, allows any). A page on another site that rebinds its DNS name to
+    this server's address sends its own name as Host, so naming this server's names stops it reading
+    the API from a browser."""
+
+    def __init__(self, app, hosts: list[str]):
+        self.app = app
+        self.hosts = [host.lower() for host in hosts]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "*" in self.hosts:
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host  # [::1] keeps its colons
+        if any(name == allowed or (allowed.startswith("*.") and name.endswith(allowed[1:])) for allowed in self.hosts):
+            return await self.app(scope, receive, send)
+        message = f"host {printable(host)!r} is not served here (--allowed_hosts)"
+        return await _send_json(send, 400, {"error": message})
 
 
 class AccessLog:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.preprocess import PREPROCESSING_VERSION, InputSpec
+from serve.text import is_printable, printable
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -86,4 +87,33 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
         )
     if len(info.labels) < 2:
         raise ModelDirError(f"{path} lists fewer than two labels")
+    _check_labels(Path(model_dir), info)
     return info
+
+
+def _check_labels(model_dir: Path, info: ModelInfo) -> None:
+    """model.json's labels are the truth; each must be printable and distinct, and labels.txt (what
+    TF Serving users and on-device clients read) must list the same, one a line, in the same order."""
+    unprintable = [label for label in info.labels if not label or not is_printable(label)]
+    if unprintable:
+        raise ModelDirError(
+            f"{model_dir / MODEL_JSON} has a label that is empty or not printable: {printable(unprintable[0])!r}"
+        )
+    if len(set(info.labels)) != len(info.labels):
+        raise ModelDirError(f"{model_dir / MODEL_JSON} lists a label twice")
+    labels_file = model_dir / info.files.get("labels", LABELS_TXT)
+    try:
+        listed = labels_file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as e:
+        raise ModelDirError(
+            f"{model_dir} has no {labels_file.name} (model.json lists {len(info.labels)} labels)"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"{labels_file} is unreadable: {e}") from e
+    if listed != info.labels:
+        where = next((i for i, (a, b) in enumerate(zip(listed, info.labels, strict=False)) if a != b), None)
+        where = min(len(listed), len(info.labels)) if where is None else where
+        raise ModelDirError(
+            f"{labels_file} disagrees with {MODEL_JSON} at line {where + 1} "
+            f"({len(listed)} labels listed, {len(info.labels)} in {MODEL_JSON}, which is the truth)"
+        )

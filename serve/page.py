@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from serve.api_schema import errors
 from serve.model_info import REPORT_PLOTS
 from serve.store import ModelStore
 
@@ -68,7 +69,7 @@ def page_routes(store: ModelStore, model_name: str) -> APIRouter:
             raise HTTPException(404, f"no page asset {name!r}")
         return Response(assets[name], media_type=ASSETS[name], headers=NO_CACHE)
 
-    @router.get("/model", response_model=ModelSummary)
+    @router.get("/model", response_model=ModelSummary, responses=errors(503))
     async def model_summary() -> ModelSummary:
         """The current model: labels, backbone, training time, test accuracy and the report plots it has."""
         model = store.current
@@ -102,7 +103,7 @@ def page_routes(store: ModelStore, model_name: str) -> APIRouter:
             plots=plots,
         )
 
-    @router.get("/model/plots/{name}", response_class=FileResponse)
+    @router.get("/model/plots/{name}", response_class=FileResponse, responses=errors(404, 503))
     async def report_plot(name: str) -> FileResponse:
         """A report plot next to the current model.json (confusion_matrix.png, training_curves.png); 404 otherwise."""
         path = store.current.directory / name

@@ -16,10 +16,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from serve.batcher import MicroBatcher
-from serve.model_info import MODEL_JSON, ModelDirError
+from serve.model_info import LABELS_TXT, MODEL_JSON, TFLITE_FILE, ModelDirError
 from serve.runtime import LoadedModel
 
 log = logging.getLogger("serve")
@@ -61,6 +62,15 @@ class ServedModel:
             self.batcher.close()
 
 
+@dataclass(frozen=True)
+class RefusedExport:
+    """An export a reload refused, for /readyz and the model status (the previous one still serves)."""
+
+    directory: Path
+    version: int | None
+    error: str
+
+
 class ModelStore:
     """Holds the served model; `reload()` swaps in a new export only if it loads and runs.
 
@@ -84,6 +94,7 @@ class ModelStore:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.reloads = 0
+        self.refused: RefusedExport | None = None  # the last export a reload refused, until one loads
 
     @contextmanager
     def lease(self) -> Iterator[ServedModel]:
@@ -121,12 +132,14 @@ class ModelStore:
                 log.error("still no model at %s, waiting: %s", self.model_dir, e)
             else:
                 log.error("reload refused, still serving %s: %s", self._current.model.directory, e)
+            self.refused = RefusedExport(self.model_dir.resolve(), _version_of(self.model_dir), str(e))
             self._fingerprint = fingerprint  # do not retry the same broken export every poll
             return False
         with self._lock:
             old, self._current = self._current, fresh
             self._fingerprint = fingerprint
             self.reloads += 1
+            self.refused = None
         if old is None:
             log.warning("model loaded: now serving %s (version %d)", fresh.model.directory, fresh.model.version)
         else:
@@ -162,10 +175,22 @@ class ModelStore:
 
 
 def _fingerprint(model_dir: Path) -> tuple:
-    """What changes when a new export lands: where the directory resolves to, and its model.json."""
+    """What changes when a new export lands or one is mended in place: where the directory resolves
+    to, and the files serving reads (model.json, model.tflite, labels.txt)."""
     resolved = model_dir.resolve()
+    stats = []
+    for name in (MODEL_JSON, TFLITE_FILE, LABELS_TXT):
+        try:
+            stat = (resolved / name).stat()
+            stats.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            stats.append(None)
+    return resolved, *stats
+
+
+def _version_of(model_dir: Path) -> int | None:
+    """An export's version as LoadedModel counts it (model.json's modification time), if it has one."""
     try:
-        stat = (resolved / MODEL_JSON).stat()
-        return resolved, stat.st_mtime_ns, stat.st_size
+        return int((model_dir.resolve() / MODEL_JSON).stat().st_mtime)
     except OSError:
-        return resolved, None, None
+        return None

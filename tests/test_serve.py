@@ -313,7 +313,7 @@ def test_health_readiness_and_labels(server: Server, export: Path) -> None:
     assert health.json() == {"status": "ok"}
     assert ready.json() == {
         "status": "ready",
-        "model": str(export.resolve()),
+        "model": export.resolve().name,  # the export's folder, not the server's file layout
         "version": int((export / "model.json").stat().st_mtime),
         "labels": 10,
     }
@@ -774,7 +774,7 @@ def test_a_new_export_behind_latest_is_served_without_restart(
     assert traffic.digits() == {big_digit[1]}
     assert answer["predictions"][0]["label"] == NAMES[digit]
     after = _ready(reload_server)
-    assert after["model"] == str(renamed.resolve()) != before["model"]
+    assert after["model"] == renamed.resolve().name != before["model"]
     assert after["version"] != before["version"] and status["version"] == str(after["version"])
     assert reload_server.process.poll() is None and reload_server.log().count("Started server process") == 1
     traffic.assert_one_log_line_each()
@@ -804,22 +804,69 @@ def test_a_broken_export_behind_latest_is_refused(
     broken = models.add(f"broken-{time.monotonic_ns()}", breakage)
     with Traffic(reload_server, big_digit[0], broken.name) as traffic:
         models.point_latest_at(broken)
-        refusal = re.compile(rf"reload refused, still serving {re.escape(before['model'])}: .*{re.escape(message)}")
+        refusal = re.compile(rf"reload refused, still serving \S*/{re.escape(before['model'])}: .*{re.escape(message)}")
         wait_for(lambda: refusal.search(reload_server.log()), "the refusal in the log", 60)
         seen = len(traffic.answers)
         wait_for(lambda: len(traffic.answers) >= seen + 6, "answers after the refusal")
     assert traffic.failures() == []
     assert len({labels for _, _, _, labels in traffic.answers}) == 1 and traffic.digits() == {big_digit[1]}
-    assert _ready(reload_server) == before
+    ready = _ready(reload_server)
+    refused = ready.pop("refused")
+    assert ready == before  # still ready, on the same model, and says what it refused
+    assert refused["export"] == broken.name and message in refused["error"]
     with reload_server.client() as client:
         assert client.get("/labels").json()["labels"] == labels_before
+        status = client.get(f"/v1/models/{MODEL}").json()["model_version_status"]
+    assert [(v["state"], v["status"]["error_code"]) for v in status] == [
+        ("END", "INVALID_ARGUMENT"),
+        ("AVAILABLE", "OK"),
+    ]
+    assert message in status[0]["status"]["error_message"] and status[1]["version"] == str(before["version"])
     assert str(broken.resolve()) in reload_server.log()
     traffic.assert_one_log_line_each()
 
     good = models.add(f"good-{time.monotonic_ns()}")
     models.point_latest_at(good)
-    wait_for(lambda: _ready(reload_server)["model"] == str(good.resolve()), "a good export after the broken one")
+    wait_for(lambda: _ready(reload_server)["model"] == good.name, "a good export after the broken one")
+    assert "refused" not in _ready(reload_server)
     assert_serves_normally(reload_server, split)
+
+
+def test_mending_a_refused_exports_model_file_in_place_is_noticed(reload_server: Server, models: Models) -> None:
+    """A refused export whose model.tflite alone is then fixed is loaded by polling (no SIGHUP)."""
+    broken = models.add(f"mend-{time.monotonic_ns()}", _truncate_tflite)
+    models.point_latest_at(broken)
+    wait_for(lambda: _ready(reload_server).get("refused", {}).get("export") == broken.name, "the refusal")
+    shutil.copy(models.original / "model.tflite", broken / "model.tflite")
+    wait_for(lambda: _ready(reload_server)["model"] == broken.name, "the mended export to load")
+    assert "refused" not in _ready(reload_server)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda export: (export / "labels.txt").unlink(), "has no labels.txt"),
+        (lambda export: (export / "labels.txt").write_text("0\n1\n"), "disagrees with model.json at line 3"),
+        (lambda export: _set_labels(export, ["a\nb", *map(str, range(1, 10))]), "not printable"),
+        (lambda export: _set_labels(export, ["1", *map(str, range(1, 10))]), "a label twice"),
+    ],
+    ids=["no-labels-txt", "labels-txt-disagrees", "label-with-newline", "duplicate-label"],
+)
+def test_exports_whose_labels_are_wrong_are_refused(export: Path, tmp_path: Path, edit, message: str) -> None:
+    from serve.model_info import ModelDirError
+    from serve.runtime import load_model
+
+    copy = Models.copy_of(export, tmp_path / "models").add("edited", edit)
+    with pytest.raises(ModelDirError, match=re.escape(message)):
+        load_model(copy)
+
+
+def _set_labels(export: Path, labels: list[str]) -> None:
+    """model.json and labels.txt both given `labels` (labels.txt as written, one a line)."""
+    info = json.loads((export / "model.json").read_text())
+    info["labels"] = labels
+    (export / "model.json").write_text(json.dumps(info))
+    (export / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
 
 
 # --- 8. start-up failures, and waiting for the first export --------------------------------------------
@@ -1160,3 +1207,50 @@ def test_hostile_requests_add_at_most_the_stated_bound_to_the_servers_memory(
 
 def png_1x1() -> bytes:
     return image_bytes(Image.new("L", (1, 1)), "PNG")
+
+
+def test_openapi_describes_every_body_status_and_error(server: Server) -> None:
+    """Schema-driven clients can use it: request bodies for the endpoints that read theirs by hand,
+    the error statuses each can answer with the error schema, and no 422 (errors here are 400s)."""
+    with server.client() as client:
+        schema = client.get("/openapi.json").json()
+    operations = {(method, path): op for path, ops in schema["paths"].items() for method, op in ops.items()}
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for (method, path), operation in operations.items():
+        assert "422" not in operation["responses"], (method, path)
+        for status, response in operation["responses"].items():
+            if status != "200":
+                assert response["content"]["application/json"]["schema"] == error, (method, path, status)
+        if method == "post":
+            assert operation["requestBody"]["required"], path
+    assert set(operations[("post", "/predict")]["requestBody"]["content"]) == {"multipart/form-data"}
+    for path in ("/v1/models/{name}:predict", "/v1/models/{name}:classify"):
+        assert set(operations[("post", path)]["requestBody"]["content"]) == {"application/json"}
+        assert {"400", "404", "413", "415", "503"} <= set(operations[("post", path)]["responses"])
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(schema))
+    assert set(refs) <= set(schema["components"]["schemas"])  # every reference resolves
+
+
+def test_hosts_outside_the_allow_list_are_refused_and_cors_is_off_by_default(export: Path, tmp_path: Path) -> None:
+    flags = ["--poll_seconds", "0", "--allowed_hosts", "127.0.0.1,localhost,*.example.com"]
+    running = start_server(export, tmp_path / "server.log", *flags)
+    try:
+        with running.client() as client:
+            assert client.get("/readyz").status_code == 200  # Host: 127.0.0.1:<port>
+            assert client.get("/readyz", headers={"host": "api.example.com"}).status_code == 200
+            rebound = client.get("/readyz", headers={"host": "attacker.test:8501", "origin": "http://attacker.test"})
+            assert rebound.status_code == 400 and "attacker.test" in rebound.json()["error"]
+            cross_site = client.get("/labels", headers={"origin": "http://attacker.test"})
+            assert cross_site.status_code == 200 and "access-control-allow-origin" not in cross_site.headers
+    finally:
+        running.stop()
+    allowing = start_server(export, tmp_path / "cors.log", "--poll_seconds", "0", "--cors_origins", "http://app.test")
+    try:
+        with allowing.client() as client:
+            allowed = client.get("/labels", headers={"origin": "http://app.test"})
+            other = client.get("/labels", headers={"origin": "http://attacker.test"})
+        assert allowed.headers["access-control-allow-origin"] == "http://app.test"
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        allowing.stop()

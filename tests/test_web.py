@@ -208,6 +208,7 @@ def in_process(export: Path, tmp_path: Path) -> SimpleNamespace:
     directory = tmp_path / "export"
     directory.mkdir()
     shutil.copy(export / "model.json", directory)
+    shutil.copy(export / "labels.txt", directory)
     Image.new("RGB", (40, 30), "white").save(directory / "confusion_matrix.png")
     (tmp_path / "secret.png").write_bytes(b"not for the web")
     store = SimpleNamespace(current=loaded(directory, 12345))
@@ -438,3 +439,23 @@ def test_a_reloaded_model_shows_on_the_next_query_without_reloading_the_page(
     finally:
         models.point_latest_at(models.original)
         wait_for(lambda: httpx.get(f"{server.url}/labels").json()["labels"] != NAMES, "the server to reload back", 60)
+
+
+def test_the_api_docs_render_offline_with_every_operation(browser: Browser, server: Server) -> None:
+    """/docs is Swagger UI served by serve itself: it renders the schema's operations, loading
+    nothing from any other host (FastAPI's default loads it from a CDN: a blank page offline)."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"{server.url}/docs")
+        page.locator(".opblock").first.wait_for(state="visible")
+        shown = set(page.locator(".opblock-summary-path").all_inner_texts())
+        schema = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+        assert {path.replace("\u200b", "") for path in shown} >= set(schema["paths"])
+        outside = [url for url in requests if not url.startswith("data:") and urlsplit(url).hostname != "127.0.0.1"]
+        assert requests and outside == []
+    finally:
+        context.close()
