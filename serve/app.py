@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -48,6 +49,9 @@ from serve.middleware import AccessLog, BodiesInFlightError, BodyLimit, HostAllo
 from serve.page import page_routes
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, NotAnImageError, preprocess
 from serve.store import ModelStore, NoModelError, ServedModel
+from serve.text import printable
+
+log = logging.getLogger("serve")
 
 MAX_TOP_K = 1000
 # JSON punctuation a request of N images needs at most ({"instances": [{"b64": "..."}, ...]} and the
@@ -69,6 +73,10 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ("*",)  # Host header values served; "*" any
     cors_origins: tuple[str, ...] = ()  # origins whose pages may read the answers; none by default
     retry_after_seconds: int = 5  # told to clients while no model is loaded yet
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its answer was ready: logged, answered 499 (nobody reads it)."""
 
 
 class ApiError(Exception):
@@ -146,6 +154,11 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
     async def too_large(_: Request, error: RequestTooLargeError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=413)
 
+    @app.exception_handler(ClientGoneError)
+    async def client_gone(request: Request, error: ClientGoneError) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, printable(request.url.path), error)
+        return JSONResponse({"error": str(error)}, status_code=499)
+
     @app.exception_handler(BodiesInFlightError)
     async def busy(_: Request, error: BodiesInFlightError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=503, headers={"retry-after": "1"})
@@ -164,11 +177,16 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         return JSONResponse({"error": problems}, status_code=400)
 
-    async def scores_for(served: ServedModel, images: list[bytes], names: list[str] | None = None) -> list[np.ndarray]:
-        """Preprocesses off the event loop, then waits for the batcher; order is kept."""
+    async def scores_for(
+        request: Request, served: ServedModel, images: list[bytes], names: list[str] | None = None
+    ) -> list[np.ndarray]:
+        """Preprocesses off the event loop, then waits for the batcher; order is kept. A client that
+        has gone is noticed between images, and the rest of its work is not done."""
         spec = served.model.info.input_spec
         pixels = []
         for index, data in enumerate(images):
+            if index and await request.is_disconnected():
+                raise ClientGoneError(f"client gone: stopped after decoding {index} of {len(images)} images")
             try:
                 pixels.append(await run_in_threadpool(preprocess, data, spec, settings.max_image_pixels, budget))
             except ImageDecodeError as e:
@@ -198,7 +216,7 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
             images = [await upload.read() for upload in uploads]
             names = [upload.filename for upload in uploads]
         with store.lease() as served:
-            rows = await scores_for(served, images, [name or f"file {i}" for i, name in enumerate(names)])
+            rows = await scores_for(request, served, images, [name or f"file {i}" for i, name in enumerate(names)])
             results = [
                 {"filename": name, "predictions": [r.__dict__ for r in served.model.rank(row, top_k)]}
                 for name, row in zip(names, rows, strict=True)
@@ -219,7 +237,7 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         columnar = "inputs" in body
         images = _images_from(body, ("inputs",) if columnar else ("instances",), settings.max_images_per_request)
         with store.lease() as served:
-            rows = await scores_for(served, images)
+            rows = await scores_for(request, served, images)
             labels = served.model.labels
         if columnar:
             return {"outputs": {"scores": [row.tolist() for row in rows], "classes": [labels for _ in rows]}}
@@ -237,7 +255,7 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         body = await _json_body(request, settings.max_images_per_request)
         images = _images_from(body, ("examples", "instances"), settings.max_images_per_request)
         with store.lease() as served:
-            rows = await scores_for(served, images)
+            rows = await scores_for(request, served, images)
             ranked = [served.model.rank(row, len(row)) for row in rows]
         return {"result": [[[r.label, r.score] for r in ranking] for ranking in ranked]}
 

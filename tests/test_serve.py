@@ -14,6 +14,7 @@ import asyncio
 import base64
 import collections
 import functools
+import http.client
 import io
 import json
 import os
@@ -1254,3 +1255,26 @@ def test_hosts_outside_the_allow_list_are_refused_and_cors_is_off_by_default(exp
         assert "access-control-allow-origin" not in other.headers
     finally:
         allowing.stop()
+
+
+def test_the_work_of_a_client_that_has_gone_is_not_done(server: Server) -> None:
+    """64 large images, and the client hangs up once they are sent: the server stops after the image
+    it is decoding (each takes a second or more) and says so, instead of decoding all 64 for nobody."""
+    boundary = "gone7d1f"
+    part = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + big_png("L")
+        + b"\r\n"
+    )
+    body = part * 64 + f"--{boundary}--\r\n".encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    connection.request("POST", "/predict?tag=gone", body, {"content-type": f"multipart/form-data; boundary={boundary}"})
+    connection.sock.shutdown(socket.SHUT_RDWR)  # sent; now gone without reading the answer
+    connection.close()
+    wait_for(lambda: "client gone" in server.log(), "the server to notice the client has gone", 600)
+    stopped = re.search(r"client gone: stopped after decoding (\d+) of 64 images", server.log())
+    assert stopped and int(stopped[1]) < 64, server.log()[-2000:]
