@@ -18,6 +18,7 @@ from retrain.errors import RetrainError
 from retrain.quiet import show_tensorflow_logs
 
 DEFAULT_AUGMENTATION_COPIES = 4
+DEFAULT_DECODE_MEMORY_MB = 1024  # retrain.extract.DECODE_MEMORY_BYTES, not imported: it needs the train extra (tqdm)
 # Installed by the `train` extra only; the serve image has the `retrain` script but none of these.
 TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "flatbuffers", "tqdm")
 
@@ -118,6 +119,14 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
     show_default=True,
     type=click.IntRange(min=1),
     help="Images per backbone forward pass.",
+)
+@click.option(
+    "--decode_memory_mb",
+    default=DEFAULT_DECODE_MEMORY_MB,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Memory for decoding images at once (13-29 bytes a pixel by mode, from the header): small images decode "
+    "side by side, large ones in turn; one that alone needs more is skipped with a warning.",
 )
 @click.option(
     "--runtime",

@@ -15,7 +15,14 @@ file the cluster could not decode is retried by the local path, which skips it w
 warning.
 
 `--image_dir` and `--bottleneck_dir` must be paths that every node sees (a shared filesystem);
-`check_nodes_see` says which node does not, before any heavy work.
+`check_nodes_see` says which node does not, before any heavy work. Paths travel as the OS's bytes:
+Arrow strings must be UTF-8, and a file name need not be.
+
+Decoding memory: a read task decodes its images one after another, each within a budget of the
+run's `--decode_memory_mb` (an image that needs more is left to the driver, which skips it with the
+local warning), so a node holds at most that much per read task Ray runs on it at once (one per
+core, or fewer: READ_TASK_CPUS each, beside the actors). A budget shared by a node's tasks would
+need a Ray actor per node to hold it; not done.
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ import numpy as np
 from retrain.backbones import Backbone
 from retrain.cache import BottleneckCache, image_digest
 from retrain.errors import RetrainError
+from retrain.extract import DECODE_MEMORY_BYTES
+from retrain.files import read_regular_file
 from retrain.progress import progress_bar
+from serve.budget import DecodeBudget
 from serve.preprocess import ImageDecodeError, InputSpec, preprocess
 
 LOCAL = "local"  # --ray_address local: a private cluster on this machine, stopped with the run
@@ -164,11 +174,19 @@ class RayExtraction:
 
     name = "ray"
 
-    def __init__(self, backbone: Backbone, cache: BottleneckCache, runtime: str, batch_size: int) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        cache: BottleneckCache,
+        runtime: str,
+        batch_size: int,
+        decode_memory_bytes: int = DECODE_MEMORY_BYTES,
+    ) -> None:
         self.backbone = replace(backbone)  # a copy without the built model: actors build their own
         self.cache = cache
         self.runtime = runtime
         self.batch_size = batch_size
+        self.decode_memory_bytes = decode_memory_bytes
 
     def __call__(self, jobs: Sequence[tuple[Path, str]]) -> None:
         import ray
@@ -184,13 +202,13 @@ class RayExtraction:
         most = max(1, int(resources["GPU"]) if gpus else int(resources.get("CPU", 1) // (ACTOR_CPUS + READ_TASK_CPUS)))
         # Ray Data places actors with SPREAD: the first `nodes` actors go one to a node.
         actors = ray.data.ActorPoolStrategy(min_size=min(nodes, most), max_size=most)
-        rows = [{"path": os.path.abspath(path), "digest": digest} for path, digest in jobs]  # not the driver's cwd
+        rows = [{"path": os.fsencode(os.path.abspath(path)), "digest": digest} for path, digest in jobs]  # not cwd
         blocks = max(1, min(len(rows) // self.batch_size, MAX_BLOCKS))  # a read task per batch: work spreads early
         dataset = (
             ray.data.from_items(rows, override_num_blocks=blocks)
             .map_batches(
-                _read_images, fn_kwargs={"spec": self.backbone.input_spec}, batch_size=self.batch_size,
-                num_cpus=READ_TASK_CPUS,
+                _read_images, fn_kwargs={"spec": self.backbone.input_spec, "max_bytes": self.decode_memory_bytes},
+                batch_size=self.batch_size, num_cpus=READ_TASK_CPUS,
             )
             .map_batches(
                 _ComputeVectors, fn_constructor_args=(self.backbone, self.cache, self.runtime),
@@ -220,16 +238,17 @@ class RayExtraction:
             cached_feature_model(self.backbone, self.cache.root)  # TensorFlow, as a local run does, and say so
 
 
-def _read_images(batch: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarray]:
+def _read_images(batch: dict[str, np.ndarray], spec: InputSpec, max_bytes: int) -> dict[str, np.ndarray]:
     """Reads and preprocesses a batch of files; drops the ones that changed since the driver hashed
-    them or do not decode (the driver's local pass skips those, with the local warning)."""
+    them or do not decode within `max_bytes` (the driver's local pass skips those, with the local warning)."""
+    budget = DecodeBudget(max_bytes)
     digests, pixels = [], []
     for path, digest in zip(batch["path"], batch["digest"], strict=True):
         try:
-            data = Path(path).read_bytes()
+            data = read_regular_file(os.fsdecode(bytes(path)))
             if image_digest(data) != digest:
                 continue
-            pixels.append(preprocess(data, spec))
+            pixels.append(preprocess(data, spec, budget=budget))
         except (OSError, ImageDecodeError):
             continue
         digests.append(digest)

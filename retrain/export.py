@@ -1,8 +1,11 @@
 """Export of a trained classifier: model.tflite for serve, labels, model.json, and on request the
 SavedModel (TensorFlow Serving) and model.keras.
 
-Everything is written into a hidden staging folder next to the destination and renamed into place
-at the end, so an export is either complete or absent. `model.tflite` takes already-preprocessed
+Everything, report plots included, is written into a hidden staging folder next to the destination
+and renamed into place at the end, so an export is either complete or absent. Exports to one folder
+take turns: each holds an exclusive `flock` on `.<name>.lock` beside it from creating its staging
+folder until its rename, and a second run waits (saying so) instead of renaming its folder over one
+still being written, or listing another run's temporary files as its own. `model.tflite` takes already-preprocessed
 pixels, which serve computes with `serve.preprocess`; when the backbone's converted feature model
 is cached, it is that model with the head appended (`retrain.tflite_head`), which needs no
 TensorFlow. The SavedModel's `serving_default` takes encoded image bytes and decodes them in
@@ -11,13 +14,15 @@ TensorFlow with the same steps (`retrain.tensorflow_export`).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Collection
-from dataclasses import replace
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retrain.backbones import Backbone
@@ -27,12 +32,21 @@ from retrain.paths import check_writable
 from retrain.quiet import import_tensorflow_quietly
 from retrain.tflite_head import append_head
 from serve.model_info import KERAS_MODEL_FILE, MODEL_JSON, SAVED_MODEL_DIR, TFLITE_FILE, ModelInfo
+from serve.text import printable
 
 log = logging.getLogger(__name__)
 
 LATEST_LINK = "latest"
 EXPORT_FORMATS = ("tflite", "saved_model", "keras")  # model.tflite is always written: serve runs it
 DEFAULT_EXPORT = ("tflite",)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """Where the export is, and what it held when it was renamed into place (a later export may replace it)."""
+
+    path: Path
+    files: list[str]  # names, a folder's with a trailing "/"
 
 
 def default_output_dir(models_dir: str | Path = "models") -> Path:
@@ -48,7 +62,7 @@ def check_output_dir(output_dir: str | Path) -> None:
     """Fails early, before any work, when the export could not be written; creates nothing."""
     target = Path(output_dir)
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MODEL_JSON).exists())):
-        raise RetrainError(f"--output_dir {output_dir} exists and is not an earlier export; choose another")
+        raise RetrainError(f"--output_dir {printable(output_dir)} exists and is not an earlier export; choose another")
     check_writable(target, "--output_dir")
 
 
@@ -69,29 +83,83 @@ def export_model(
     formats: Collection[str] = DEFAULT_EXPORT,
     update_latest: bool = False,
     feature_model: Path | None = None,
-) -> Path:
-    """Writes the export atomically and returns its path; with `update_latest`, repoints `<parent>/latest`.
+    complete: Callable[[Path], None] | None = None,
+) -> Exported:
+    """Writes the export atomically, one export to `output_dir` at a time; with `update_latest`,
+    repoints `<parent>/latest`.
 
     `formats` adds `saved_model` and `keras` to model.tflite. `feature_model`, the backbone's
     converted TFLite feature model (when the backbone is exactly the one exported, not
     fine-tuned), makes model.tflite by appending the head to it instead of converting the whole
-    network with TensorFlow. Report plots are not part of it: the run draws them into the
-    finished export afterwards, each file written atomically.
+    network with TensorFlow. `complete`, called with the staging folder once the model is in it,
+    adds what else the export holds (the report plots): it appears with the model, in the same rename.
     """
     target = Path(output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()  # unlike mkdtemp, keeps the umask's permissions: an export is meant to be shared
+    with export_lock(target):
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()  # unlike mkdtemp, keeps the umask's permissions: an export is meant to be shared
+        try:
+            written = _write_models(staging, backbone, head, info.labels, formats, feature_model)
+            replace(info, files={**info.files, **written}).write(staging)
+            if complete is not None:
+                complete(staging)
+            files = sorted(p.name + ("/" if p.is_dir() else "") for p in staging.iterdir())
+            _move_into_place(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if update_latest:
+            point_latest_at(target)
+    return Exported(target, files)
+
+
+@contextmanager
+def export_lock(target: Path) -> Iterator[None]:
+    """Holds the exclusive lock on exports to `target`, waiting for another export's turn to end.
+
+    The lock is a `flock` on `.<name>.lock` beside `target`, so the kernel releases it when a run dies.
+    The file is removed before the lock is let go; a waiter that then locks the removed file sees that
+    it is no longer the one at that path, and opens the path again.
+    """
+    path = target.parent / f".{target.name}.lock"
+    descriptor = _lock(path, target)
     try:
-        written = _write_models(staging, backbone, head, info.labels, formats, feature_model)
-        replace(info, files={**info.files, **written}).write(staging)
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if update_latest:
-        point_latest_at(target)
-    return target
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+def _lock(path: Path, target: Path) -> int:
+    """An open descriptor of the file at `path`, exclusively locked."""
+    said = False
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    log.warning("waiting for another export to %s to finish", printable(target))
+                    said = True
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            if _is_at(descriptor, path):
+                return descriptor
+        except BaseException:
+            os.close(descriptor)
+            raise
+        os.close(descriptor)
+
+
+def _is_at(descriptor: int, path: Path) -> bool:
+    """Whether the open file is still the one at `path` (not removed, nor replaced, since it was opened)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(descriptor)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _write_models(
@@ -131,8 +199,7 @@ def _write_models(
 def point_latest_at(target: Path) -> None:
     """Atomically repoints the `latest` symlink beside `target` (a relative link, so volumes can move)."""
     link = target.parent / LATEST_LINK
-    temporary = target.parent / f".{LATEST_LINK}.{os.getpid()}"
-    temporary.unlink(missing_ok=True)
+    temporary = target.parent / f".{LATEST_LINK}.{uuid.uuid4().hex[:8]}"
     os.symlink(target.name, temporary)
     os.replace(temporary, link)
 
@@ -142,7 +209,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         os.rename(staging, target)
         return
-    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
+    retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
     os.rename(target, retired)
     os.rename(staging, target)
     shutil.rmtree(retired, ignore_errors=True)

@@ -8,6 +8,11 @@ same steps, each copy under its own cache key; an image is decoded once for all 
 
 Files with identical bytes have identical keys: the first is computed, the others take its vectors,
 so they are equal by construction, whatever batches the forward pass happened to see.
+
+Decoding memory is bounded by a budget in bytes (`DECODE_MEMORY_BYTES`, `serve.budget`), not by the
+number of threads: a PNG of 144 Mpx is half a megabyte on disk and two gigabytes decoded. Each decode
+holds its cost, computed from the image's header, until its pixels are resized; an image that alone
+needs more than the budget is skipped, named, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from retrain.augment import Augmentation, variant_digest, variant_pixels
 from retrain.backbones import Backbone
 from retrain.cache import BottleneckCache, image_digest
 from retrain.errors import RetrainError
+from retrain.files import read_regular_file
 from retrain.progress import progress_bar
 from retrain.runtimes import FeatureRuntime, open_runtime
-from serve.preprocess import ImageDecodeError, InputSpec, decode_image, normalize, preprocess
+from serve.budget import DecodeBudget
+from serve.preprocess import ImageDecodeError, ImageTooLargeError, InputSpec, decoded, normalize, preprocess
+from serve.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,11 @@ DEFAULT_BATCH_SIZE = 32
 BATCHES_IN_FLIGHT = 3
 LOOKUP_CHUNK = 64
 """Files a cache-lookup task reads: a task per file spent more on futures and the GIL than on reading."""
+DECODE_MEMORY_BYTES = 1024 * 2**20
+"""Memory for decoding images at once (`--decode_memory_mb`), by `serve.budget.decode_cost`: 13 to 29
+bytes a pixel by mode, so 1 GiB decodes a 64-Mpx RGB photo, or several small ones side by side; a
+12000x12000 PNG (144 Mpx: 1.7 GiB as L, 2.1 GiB as RGB) is skipped. It comes on top of what the
+process holds anyway (the backbone, the vectors)."""
 
 
 @dataclass
@@ -71,14 +84,17 @@ class _Versions:
             return [cache.key(digest)]
         return [cache.key(variant_digest(digest, self.augmentation, copy, self.seed)) for copy in range(self.copies)]
 
-    def pixels(self, data: bytes, digest: str, spec: InputSpec, which: Sequence[int]) -> list[np.ndarray]:
-        """Normalised backbone input of the given versions; the image is decoded once for all."""
+    def pixels(
+        self, data: bytes, digest: str, spec: InputSpec, which: Sequence[int], budget: DecodeBudget
+    ) -> list[np.ndarray]:
+        """Normalised backbone input of the given versions; the image is decoded once for all, within `budget`."""
         if not self.copies:
-            return [preprocess(data, spec)]
-        image = decode_image(data, target_size=(spec.width, spec.height))
-        return [
-            normalize(variant_pixels(image, digest, spec, self.augmentation, copy, self.seed), spec) for copy in which
-        ]
+            return [preprocess(data, spec, budget=budget)]
+        with decoded(data, (spec.width, spec.height), budget=budget) as image:
+            return [
+                normalize(variant_pixels(image, digest, spec, self.augmentation, copy, self.seed), spec)
+                for copy in which
+            ]
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,7 @@ def compute_bottlenecks(
     seed: int = 0,
     runtime: Callable[[], FeatureRuntime] | None = None,
     cluster: Callable[[Sequence[tuple[Path, str]]], None] | None = None,
+    budget: DecodeBudget | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ExtractionStats]:
     """Bottleneck vectors for `paths`, from the cache or the backbone.
 
@@ -133,6 +150,9 @@ def compute_bottlenecks(
     the image itself; `augmentation` must be enabled): `vectors` has shape (len(paths), copies, D),
     copy k of an image is the same on every run with the same `seed`, and each copy is cached under
     its own key. `stats.cached` and `stats.computed` count vectors, `stats.skipped` files.
+
+    `budget` bounds the memory of the decodes in flight (default: a budget of DECODE_MEMORY_BYTES
+    for this call); an image that alone needs more is skipped.
     """
     versions = _versions(augmentation, copies, seed)
     workers = workers or min(8, max(2, os.cpu_count() or 2))  # decoding threads beyond the cores only contend
@@ -151,7 +171,8 @@ def compute_bottlenecks(
             opened = time.monotonic()
             forward = runtime() if runtime else open_runtime(backbone, cache.root)
             stats.runtime, stats.setup_seconds = stats.runtime or forward.name, time.monotonic() - opened
-            decode = partial(_decode, spec=backbone.input_spec, cache=cache, versions=versions)
+            budget = budget or DecodeBudget(DECODE_MEMORY_BYTES)
+            decode = partial(_decode, spec=backbone.input_spec, cache=cache, versions=versions, budget=budget)
             with progress_bar(total=sum(len(job.versions) for job in misses), desc="Computing bottlenecks") as bar:
                 for batch in _decoded_batches(pool, misses, decode, batch_size):
                     decoded = [item for item in batch if isinstance(item, _Decoded)]
@@ -258,22 +279,26 @@ def _copy_to_twins(
 def _lookup(path: Path, cache: BottleneckCache, versions: _Versions) -> tuple[str, list[np.ndarray | None], str | None]:
     """(content digest, cached vector or None for each version, read error or None) for one file."""
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except OSError as e:
         return "", [], f"cannot read file: {e.strerror or e}"
     digest = image_digest(data)
     return digest, [cache.get(key) for key in versions.keys(cache, digest)], None
 
 
-def _decode(job: _Job, spec: InputSpec, cache: BottleneckCache, versions: _Versions) -> list[_Decoded] | _Failed:
+def _decode(
+    job: _Job, spec: InputSpec, cache: BottleneckCache, versions: _Versions, budget: DecodeBudget
+) -> list[_Decoded] | _Failed:
     """Reads one image and preprocesses its missing versions, or says why it cannot."""
     try:
-        data = job.path.read_bytes()
+        data = read_regular_file(job.path)
         digest = image_digest(data)
         keys = versions.keys(cache, digest)
-        pixels = versions.pixels(data, digest, spec, job.versions)
+        pixels = versions.pixels(data, digest, spec, job.versions, budget)
     except OSError as e:
         return _Failed(job.index, f"cannot read file: {e.strerror or e}", len(job.versions))
+    except ImageTooLargeError as e:
+        return _Failed(job.index, f"too large to decode: {e}", len(job.versions))
     except ImageDecodeError as e:
         return _Failed(job.index, f"not a decodable image: {e}", len(job.versions))
     first_row = job.index * versions.per_image
@@ -320,5 +345,5 @@ def _decoded_batches(
 
 
 def _skip(stats: ExtractionStats, path: Path, reason: str) -> None:
-    log.warning("skipping %s: %s", path, reason)
+    log.warning("skipping %s: %s", printable(path), printable(reason))
     stats.skipped.append((path, reason))

@@ -8,12 +8,17 @@ root would be unreadable by the image's unprivileged user, and a cache shared by
 to whichever wrote each entry. Creating it so, rather than chmod-ing it after, needs no reading of
 the umask, which means setting it: with extraction writing from several threads, another thread's
 file could be created under the momentary value.
+
+Reading an image goes through `read_regular_file`: discovery keeps regular files only, and a file
+swapped for a FIFO after it was found must not block the run on its open.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,3 +51,13 @@ def _new_file(folder: Path, prefix: str, suffix: str) -> Path:
         except FileExistsError:
             continue
         return Path(name)
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of the regular file at `path`; OSError for anything else (a FIFO, a device), which is
+    opened without blocking and never read."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(descriptor, "rb", closefd=True) as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return file.read()

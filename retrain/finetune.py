@@ -21,10 +21,13 @@ import tensorflow as tf
 
 from retrain.backbones import Backbone
 from retrain.errors import RetrainError
+from retrain.extract import DECODE_MEMORY_BYTES
+from retrain.files import read_regular_file
 from retrain.heads import SoftmaxHead
 from retrain.progress import progress_bar
 from retrain.train import EvalRecord, HParams, evaluate
-from serve.preprocess import ImageDecodeError, InputSpec, decode_image, resize_for_model
+from serve.budget import DecodeBudget
+from serve.preprocess import ImageDecodeError, ImageTooLargeError, InputSpec, decoded, resize_for_model
 
 MOMENTUM = 0.9
 FORWARD_BATCH = 64
@@ -38,14 +41,21 @@ class Pixels:
     labels: np.ndarray
 
 
-def decode_images(paths: Sequence[Path], spec: InputSpec) -> tuple[np.ndarray, list[tuple[Path, str]]]:
-    """uint8 pixels for every path (zeros where a file cannot be decoded) and the (file, reason) skipped."""
+def decode_images(
+    paths: Sequence[Path], spec: InputSpec, budget: DecodeBudget | None = None
+) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+    """uint8 pixels for every path (zeros where a file cannot be decoded) and the (file, reason) skipped.
+    Decoding memory is bounded as extraction's is (`retrain.extract.DECODE_MEMORY_BYTES` by default)."""
+    budget = budget or DecodeBudget(DECODE_MEMORY_BYTES)
     images = np.zeros((len(paths), spec.height, spec.width, 3), dtype=np.uint8)
     skipped: list[tuple[Path, str]] = []
 
     def load(index: int) -> None:
         try:
-            images[index] = resize_for_model(decode_image(Path(paths[index]).read_bytes()), spec)
+            with decoded(read_regular_file(paths[index]), budget=budget) as image:
+                images[index] = resize_for_model(image, spec)
+        except ImageTooLargeError as e:
+            skipped.append((Path(paths[index]), f"too large to decode: {e}"))
         except (OSError, ImageDecodeError) as e:
             skipped.append((Path(paths[index]), str(e)))
 

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from retrain.errors import RetrainError
+from serve.text import printable
 
 
 def user_cache_dir() -> Path:
@@ -39,8 +40,8 @@ def check_writable(path: str | Path, flag: str) -> None:
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
-        raise RetrainError(f"{flag} {path} cannot be created: {folder} is not a directory")
+        raise RetrainError(f"{flag} {printable(path)} cannot be created: {printable(folder)} is not a directory")
     try:
         tempfile.TemporaryDirectory(dir=folder, prefix=".retrain-write-check-").cleanup()
     except OSError as e:
-        raise RetrainError(f"{flag} {path} is not writable: {e.strerror or e}") from e
+        raise RetrainError(f"{flag} {printable(path)} is not writable: {e.strerror or e}") from e

@@ -45,16 +45,27 @@ from retrain.cache import BottleneckCache, bottleneck_cache, image_digest
 from retrain.choice import ChoiceMemo, FeatureChoice, choose_features
 from retrain.crossval import CrossValidation, cross_validate
 from retrain.errors import RetrainError
-from retrain.export import DEFAULT_EXPORT, check_output_dir, default_output_dir, export_model, parse_formats
-from retrain.extract import DEFAULT_BATCH_SIZE, ExtractionStats, compute_bottlenecks
+from retrain.export import (
+    DEFAULT_EXPORT,
+    Exported,
+    check_output_dir,
+    default_output_dir,
+    export_model,
+    parse_formats,
+)
+from retrain.extract import DECODE_MEMORY_BYTES, DEFAULT_BATCH_SIZE, ExtractionStats, compute_bottlenecks
 from retrain.feature_models import ConversionError, cached_feature_model
+from retrain.files import read_regular_file
 from retrain.heads import Head, fit_prototypes
 from retrain.images import SPLITS, ImageSet, discover, limit_training
 from retrain.paths import check_writable, user_cache_dir
 from retrain.runtimes import FeatureRuntime, open_runtime
 from retrain.train import EvalRecord, HParams, accuracy_and_cross_entropy, initial_softmax_head, train_head
+from serve.budget import DecodeBudget
+from serve.memory import map_large_buffers
 from serve.model_info import CONFUSION_MATRIX_PNG, LABELS_TXT, SAVED_MODEL_DIR, TRAINING_CURVES_PNG, ModelInfo
-from serve.preprocess import decode_image
+from serve.preprocess import decoded
+from serve.text import printable
 
 if TYPE_CHECKING:
     from retrain.finetune import Pixels
@@ -93,6 +104,7 @@ class RetrainConfig:
     validation_percentage: float = 10
     test_batch_size: int = -1
     extraction_batch_size: int = DEFAULT_BATCH_SIZE
+    decode_memory_mb: int = DECODE_MEMORY_BYTES // 2**20  # decoding at once; an image that needs more is skipped
     runtime: str = "auto"  # what computes bottlenecks: auto, litert or tensorflow (retrain.runtimes)
     ray_address: str | None = None  # compute missing bottlenecks on this Ray cluster (retrain.cluster)
     bottleneck_layers: str = "auto"  # a feature set of the backbone's (retrain.backbones.taps), or auto: chosen
@@ -155,6 +167,7 @@ def run(config: RetrainConfig) -> RunResult:
     """Runs the whole job; RetrainError for anything the user can fix, raised before heavy work."""
     started = time.monotonic()
     check_options(config)
+    map_large_buffers()  # freed decoding buffers go back to the system: the decoding budget then bounds RSS
     image_set = discover(config.image_dir, config.validation_percentage, config.testing_percentage)
     seed = config.hparams.random_seed
     image_set = limit_training(image_set, config.train_fraction, config.train_images_per_class, seed)
@@ -212,10 +225,41 @@ def run(config: RetrainConfig) -> RunResult:
         backbone=backbone.cache_id,
         details=_details(config, image_set, trained, evaluation, started),
     )
+    exported = _export(config, output_dir, backbone, trained, evaluation, info, bottleneck_dir, started)
+    return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
+
+
+def _export(
+    config: RetrainConfig,
+    output_dir: Path,
+    backbone: Backbone,
+    trained: Trained,
+    evaluation: Evaluation,
+    info: ModelInfo,
+    bottleneck_dir: Path,
+    started: float,
+) -> Path:
+    """The export, with the report plots drawn into it before it appears, and the copies the flags ask
+    for taken from it then too (under its lock: after, another run's export may already replace it)."""
     formats = (*config.export, "saved_model") if config.saved_model_dir else config.export
     report.exporting(output_dir, formats)
     export_started = time.monotonic()
-    exported = export_model(
+    plot_seconds = 0.0
+
+    def complete(folder: Path) -> None:
+        nonlocal plot_seconds
+        if config.saved_model_dir:
+            shutil.copytree(folder / SAVED_MODEL_DIR, config.saved_model_dir, dirs_exist_ok=True)
+        if config.output_labels:
+            shutil.copyfile(folder / LABELS_TXT, config.output_labels)
+        plots_started = time.monotonic()
+        try:
+            _write_plots(folder, trained, evaluation, info.labels)
+        except Exception as e:  # matplotlib, fonts, a full disk: worth a warning, not the model
+            log.warning("the report plots could not be drawn (%s: %s); the model is exported", type(e).__name__, e)
+        plot_seconds = time.monotonic() - plots_started
+
+    exported: Exported = export_model(
         output_dir,
         backbone,
         trained.head,
@@ -223,19 +267,11 @@ def run(config: RetrainConfig) -> RunResult:
         formats=formats,
         update_latest=config.output_dir is None,
         feature_model=None if trained.end_to_end else _feature_model(backbone, bottleneck_dir),
+        complete=complete,
     )
-    export_seconds = time.monotonic() - export_started
-    if config.saved_model_dir:
-        shutil.copytree(exported / SAVED_MODEL_DIR, config.saved_model_dir, dirs_exist_ok=True)
-    if config.output_labels:
-        shutil.copyfile(exported / LABELS_TXT, config.output_labels)
-    plots_started = time.monotonic()
-    try:  # into the finished export, file by file: the model is in place whatever happens here
-        _write_plots(exported, trained, evaluation, image_set.labels)
-    except Exception as e:  # matplotlib, fonts, a full disk: worth a warning, not the model
-        log.warning("the report plots could not be drawn (%s: %s); the model is exported", type(e).__name__, e)
-    report.exported(exported, export_seconds, time.monotonic() - plots_started, time.monotonic() - started)
-    return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
+    export_seconds = time.monotonic() - export_started - plot_seconds
+    report.exported(exported, export_seconds, plot_seconds, time.monotonic() - started)
+    return exported.path
 
 
 def _architectures(config: RetrainConfig, image_set: ImageSet) -> list[str]:
@@ -280,6 +316,8 @@ def check_options(config: RetrainConfig) -> None:
         raise RetrainError("--fine_tune_layers works with Keras backbones (--architecture, --base_model), not TF Hub")
     if config.train_fraction is not None and config.train_images_per_class is not None:
         raise RetrainError("use either --train_fraction or --train_images_per_class, not both")
+    if config.decode_memory_mb < 1:
+        raise RetrainError(f"--decode_memory_mb must be at least 1, not {config.decode_memory_mb}")
     if config.augmentation_copies and not config.augmentation.enabled:
         raise RetrainError(
             "--augmentation_copies needs a distortion: --flip_left_right, --random_crop, --random_scale "
@@ -301,7 +339,13 @@ def _train_on_bottlenecks(
             cache = bottleneck_cache(bottleneck_dir, tap_caches(joint))
             runtime = partial(open_runtime, joint, bottleneck_dir, config.runtime)
             splits, extraction, seconds = _bottlenecks(
-                image_set, joint, cache, config.extraction_batch_size, runtime, cluster and cluster(joint)
+                image_set,
+                joint,
+                cache,
+                config.extraction_batch_size,
+                runtime,
+                _budget(config),
+                cluster and cluster(joint),
             )
             report.extraction_summary(extraction, seconds, cache.directory)
             extracted.append((splits, extraction, cache, runtime))
@@ -372,7 +416,7 @@ def _train_on_bottlenecks(
     _, fitted = accuracy_and_cross_entropy(head.probabilities(train.features), train.labels)
     report.fine_tuning(config.fine_tune_layers, config.fine_tune_steps, learning_rate, fitted)
     head_seconds = time.monotonic() - started
-    pixels = _decode(splits, backbone)
+    pixels = _decode(splits, backbone, _budget(config))
     training = _with_augmented_pixels(config, pixels["training"], splits["training"].paths, backbone)
     started = time.monotonic()
     head, more = train_end_to_end(
@@ -398,7 +442,7 @@ def _train_from_scratch(config: RetrainConfig, image_set: ImageSet, backbone: Ba
 
     examples = [example for split in SPLITS for example in image_set.splits[split]]
     started = time.monotonic()
-    images, skipped = decode_images([e.path for e in examples], backbone.input_spec)
+    images, skipped = decode_images([e.path for e in examples], backbone.input_spec, _budget(config))
     extraction = ExtractionStats(computed=len(examples) - len(skipped), skipped=skipped)
     report.decoded_for_training(extraction, time.monotonic() - started)
     bad = {path for path, _ in skipped}
@@ -502,6 +546,7 @@ def _with_augmented_copies(
         copies=copies,
         seed=seed,
         runtime=runtime,
+        budget=_budget(config),
     )
     report.augmentation_summary(config.augmentation, copies, stats, time.monotonic() - started)
     features = np.concatenate([train.features, vectors[ok].reshape(-1, backbone.feature_dim)])
@@ -516,25 +561,32 @@ def _with_augmented_pixels(config: RetrainConfig, train: Pixels, paths: list[Pat
     from retrain.finetune import Pixels
 
     copies, seed, spec = config.augmentation_copies, config.hparams.random_seed, backbone.input_spec
+    budget = _budget(config)
     extra = []
     for path in paths:
-        data = path.read_bytes()
-        image, digest = decode_image(data), image_digest(data)
-        extra += [variant_pixels(image, digest, spec, config.augmentation, copy, seed) for copy in range(copies)]
+        data = read_regular_file(path)
+        digest = image_digest(data)
+        with decoded(data, budget=budget) as image:
+            extra += [variant_pixels(image, digest, spec, config.augmentation, copy, seed) for copy in range(copies)]
     images = np.concatenate([train.images, np.stack(extra)]) if extra else train.images
     report.augmented_pixels(config.augmentation, copies, len(extra))
     return Pixels(images, np.concatenate([train.labels, np.repeat(train.labels, copies)]))
 
 
-def _decode(splits: dict[str, Bottlenecks], backbone: Backbone) -> dict[str, Pixels]:
+def _decode(splits: dict[str, Bottlenecks], backbone: Backbone, budget: DecodeBudget) -> dict[str, Pixels]:
     """Decoded pixels of the images whose bottlenecks were computed, split by split."""
     from retrain.finetune import Pixels, decode_images
 
-    decoded = {}
+    pixels = {}
     for split in SPLITS:
-        images, _ = decode_images(splits[split].paths, backbone.input_spec)
-        decoded[split] = Pixels(images, splits[split].labels)
-    return decoded
+        images, _ = decode_images(splits[split].paths, backbone.input_spec, budget)
+        pixels[split] = Pixels(images, splits[split].labels)
+    return pixels
+
+
+def _budget(config: RetrainConfig) -> DecodeBudget:
+    """The decoding budget of a stage (`retrain.extract.DECODE_MEMORY_BYTES`); stages run one after another."""
+    return DecodeBudget(config.decode_memory_mb * 2**20)
 
 
 def _evaluate(config: RetrainConfig, trained: Trained, labels: list[str]) -> Evaluation:
@@ -602,7 +654,8 @@ def _join_cluster(config: RetrainConfig, image_set: ImageSet, bottleneck_dir: Pa
 
     def extraction(backbone: Backbone):
         cache = bottleneck_cache(root, tap_caches(backbone))
-        return cluster.RayExtraction(backbone, cache, config.runtime, config.extraction_batch_size)
+        memory = config.decode_memory_mb * 2**20
+        return cluster.RayExtraction(backbone, cache, config.runtime, config.extraction_batch_size, memory)
 
     return extraction
 
@@ -613,13 +666,16 @@ def _bottlenecks(
     cache: BottleneckCache,
     batch_size: int,
     runtime: Callable[[], FeatureRuntime],
+    budget: DecodeBudget,
     cluster: Callable | None = None,
 ) -> tuple[dict[str, Bottlenecks], ExtractionStats, float]:
     """Vectors for every split in one extraction pass; undecodable files are dropped from their split."""
     examples = [example for split in SPLITS for example in image_set.splits[split]]
     started = time.monotonic()
     paths = [e.path for e in examples]
-    vectors, ok, stats = compute_bottlenecks(paths, backbone, cache, batch_size, runtime=runtime, cluster=cluster)
+    vectors, ok, stats = compute_bottlenecks(
+        paths, backbone, cache, batch_size, runtime=runtime, cluster=cluster, budget=budget
+    )
     seconds = time.monotonic() - started
     splits, start = {}, 0
     for split in SPLITS:
@@ -699,6 +755,7 @@ def _details(
             "cross_validation": cross_validation.to_json() if cross_validation else None,
             "per_class": metrics.to_json(per_class) if evaluation.count else [],
             "macro_f1": metrics.macro_f1(per_class) if evaluation.count else None,
+            "macro_f1_classes": [m.label for m in metrics.averaged(per_class)],  # with support: what it averages
             "final_train_accuracy": last.train_accuracy if last else None,
             "final_cross_entropy": last.cross_entropy if last else None,
             "final_validation_accuracy": _accuracy(trained.head, splits["validation"]),
@@ -714,7 +771,8 @@ def _details(
         "counts": {
             **{f"{split}_images": len(splits[split].labels) for split in SPLITS},
             "skipped_images": len(extraction.skipped),
-            "skipped_files": [str(path) for path, _ in extraction.skipped],
+            "skipped_files": [printable(path) for path, _ in extraction.skipped],
+            "skipped_entries": [{"path": printable(e.relpath), "reason": e.reason} for e in image_set.skipped],
             "ignored_non_image_files": image_set.ignored_files,
             "per_class": image_set.class_counts(),
             "classes_without_holdout": image_set.small_classes,

@@ -1,21 +1,27 @@
 """What a run prints. Progress and results go to stdout in retrain.py's wording; problems are
-logged as warnings on stderr."""
+logged as warnings on stderr. Every name from the image folder (and every path the user gave) is
+printed through `serve.text.printable`: a file name can hold an escape sequence or a newline."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from retrain.augment import Augmentation
 from retrain.backbones import Backbone
 from retrain.choice import FeatureChoice
+from retrain.export import Exported
 from retrain.extract import ExtractionStats
 from retrain.heads import PrototypeHead
-from retrain.images import FEW_IMAGES_WARNING, MIN_IMAGES_FOR_HOLDOUT, SPLITS, ImageSet
+from retrain.images import FEW_IMAGES_WARNING, MIN_IMAGES_FOR_HOLDOUT, SPLITS, ImageSet, Skipped
 from retrain.train import EvalRecord, accuracy_and_cross_entropy
+from serve.text import printable
 
 log = logging.getLogger("retrain")
+
+NAMES_SHOWN = 10
+"""Names listed in one warning; the rest are counted ("and 3 more")."""
 
 
 def _say(line: str) -> None:
@@ -25,23 +31,41 @@ def _say(line: str) -> None:
 def image_set_summary(image_set: ImageSet) -> None:
     counts = ", ".join(f"{image_set.count(split)} {split}" for split in SPLITS)
     total = sum(image_set.count(split) for split in SPLITS)
-    _say(f"Found {total} images in {len(image_set.labels)} classes in {image_set.image_dir} ({counts}).")
+    _say(f"Found {total} images in {len(image_set.labels)} classes in {printable(image_set.image_dir)} ({counts}).")
     if image_set.empty_folders:
-        log.warning("ignoring folders with no images: %s", ", ".join(image_set.empty_folders))
+        log.warning("ignoring folders with no images: %s", _names(image_set.empty_folders))
+    skipped_entries(image_set.skipped)
     if image_set.ignored_files:
         log.warning("ignoring %d files that are not images (by extension)", image_set.ignored_files)
     if image_set.small_classes:
         log.warning(
             "classes with fewer than %d images train on all of them and are not validated or tested: %s",
             MIN_IMAGES_FOR_HOLDOUT,
-            ", ".join(image_set.small_classes),
+            _names(image_set.small_classes),
         )
     if image_set.few_image_classes:
         log.warning(
             "classes with fewer than %d images (expect weak accuracy on them): %s",
             FEW_IMAGES_WARNING,
-            ", ".join(image_set.few_image_classes),
+            _names(image_set.few_image_classes),
         )
+
+
+def skipped_entries(skipped: list[Skipped]) -> None:
+    """One warning per reason, counting and naming what discovery left out of the image folder."""
+    by_reason: dict[str, list[str]] = {}
+    for entry in skipped:
+        by_reason.setdefault(entry.reason, []).append(entry.relpath)
+    for reason, names in by_reason.items():
+        entries = "entry" if len(names) == 1 else "entries"
+        log.warning("skipping %d %s of --image_dir (%s): %s", len(names), entries, reason, _names(names))
+
+
+def _names(names: Iterable[str | Path]) -> str:
+    """Names escaped and comma-separated, at most NAMES_SHOWN of them and a count of the rest."""
+    names = list(names)
+    shown = ", ".join(printable(name) for name in names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
 
 
 def few_images(per_class: float, architectures: list[str]) -> None:
@@ -69,7 +93,7 @@ def extraction_summary(stats: ExtractionStats, seconds: float, cache_dir: Path) 
     twins = f", {stats.duplicates} of identical files" if stats.duplicates else ""
     _say(
         f"Bottlenecks: {stats.cached} from cache, {stats.computed} computed{rate}{twins}, "
-        f"{len(stats.skipped)} skipped, in {seconds:.1f}s; cache {cache_dir}"
+        f"{len(stats.skipped)} skipped, in {seconds:.1f}s; cache {printable(cache_dir)}"
     )
 
 
@@ -129,7 +153,7 @@ def decoded_for_training(stats: ExtractionStats, seconds: float) -> None:
         f"in {seconds:.1f}s (no bottleneck cache: the backbone's weights change as it trains)."
     )
     for path, reason in stats.skipped:
-        log.warning("skipping %s: %s", path, reason)
+        log.warning("skipping %s: %s", printable(path), printable(reason))
 
 
 def prototype_head(head: PrototypeHead, train, validation) -> None:
@@ -175,14 +199,15 @@ def evaluation(result, labels: list[str]) -> None:
         return
     else:
         _say(f"Final test accuracy = {result.accuracy * 100:.1f}% (N={result.count})")
-    for line in metrics.format_per_class(metrics.per_class_metrics(result.labels, result.predictions, labels)):
+    per_class = metrics.per_class_metrics(result.labels, result.predictions, labels)
+    for line in metrics.format_per_class(per_class, "cross-validated images" if validation else "test images"):
         _say(line)
 
 
 def misclassified(items: list[tuple[Path, str]]) -> None:
     _say("=== MISCLASSIFIED TEST IMAGES ===")
     for path, predicted in items:
-        _say(f"{path}  {predicted}")
+        _say(f"{printable(path)}  {printable(predicted)}")
 
 
 def feature_choice(choice: FeatureChoice) -> None:
@@ -200,12 +225,12 @@ def feature_choice(choice: FeatureChoice) -> None:
 
 def exporting(output_dir: Path, formats: Collection[str]) -> None:
     slow = " (writing the SavedModel takes a few seconds)" if "saved_model" in formats else ""
-    _say(f"Exporting to {output_dir}{slow}...")
+    _say(f"Exporting to {printable(output_dir)}{slow}...")
 
 
-def exported(output_dir: Path, export_seconds: float, plot_seconds: float, total_seconds: float) -> None:
-    files = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir()))
+def exported(export: Exported, export_seconds: float, plot_seconds: float, total_seconds: float) -> None:
+    """What the export held as it was renamed into place (read then: another run may replace it since)."""
     _say(
-        f"Exported model to {output_dir} ({files}) in {export_seconds:.2f}s, plots in {plot_seconds:.1f}s; "
-        f"{total_seconds:.1f}s total."
+        f"Exported model to {printable(export.path)} ({', '.join(export.files)}) in {export_seconds:.2f}s, "
+        f"plots in {plot_seconds:.1f}s; {total_seconds:.1f}s total."
     )

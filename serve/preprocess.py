@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -174,9 +176,25 @@ def preprocess(
     """Encoded image bytes -> float32 array (height, width, 3), ready for the backbone. With a
     `budget`, decoding and resizing wait until the memory they need (from the header) is free in it;
     an image that alone needs more than the budget is an ImageTooLargeError."""
-    header = open_image(data, target_size=(spec.width, spec.height), max_pixels=max_pixels)
+    with decoded(data, (spec.width, spec.height), max_pixels, budget) as image:
+        return normalize(resize_for_model(image, spec), spec)
+
+
+@contextmanager
+def decoded(
+    data: bytes,
+    target_size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+    budget: DecodeBudget | None = None,
+) -> Iterator[Image.Image]:
+    """`decode_image` for the length of a block. With a `budget`, the image's cost (from its header,
+    `serve.budget.decode_cost`) is held in it from before decoding until the block ends, so whatever
+    the block makes of the image (resizes, augmented copies) is inside the budget too; an image that
+    alone needs more than the whole budget is an ImageTooLargeError, raised before decoding."""
+    header = open_image(data, target_size, max_pixels)
     if budget is None:
-        return normalize(resize_for_model(load_image(header), spec), spec)
+        yield load_image(header)
+        return
     from serve.budget import decode_cost
 
     cost = decode_cost(header.width, header.height, header.mode)
@@ -186,7 +204,7 @@ def preprocess(
             f"over the {budget.max_bytes / 2**20:,.0f} MiB decoding budget (--decode_memory_mb)"
         )
     with budget.hold(cost):
-        return normalize(resize_for_model(load_image(header), spec), spec)
+        yield load_image(header)
 
 
 def preprocess_file(path: str | os.PathLike, spec: InputSpec) -> np.ndarray:

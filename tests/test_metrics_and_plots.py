@@ -80,7 +80,7 @@ def test_per_class_metrics_match_sklearn(seed: int) -> None:
     np.testing.assert_allclose([m.f1 for m in metrics], f1)
     assert [m.support for m in metrics] == support.tolist()
     assert metrics[2].precision == 0.0 and metrics[3].recall == 0.0 and metrics[3].support == 0
-    assert macro_f1(metrics) == pytest.approx(np.mean(f1))
+    assert macro_f1(metrics) == pytest.approx(np.mean(f1[support > 0]))  # never_present is not averaged
 
 
 def test_to_json_rounds_and_keeps_plain_types() -> None:
@@ -100,8 +100,10 @@ def test_format_per_class_is_an_aligned_table() -> None:
     assert lines[0].split() == ["Class", "Precision", "Recall", "F1", "Support"]
     assert lines[1].split() == ["cat", "1.000", "0.500", "0.667", "4"]
     assert lines[2].startswith("great_white_…_underwater ") and long_label not in lines[2]
-    assert lines[3].split() == ["macro", "avg", "0.625", "0.750", "0.533", "1238"]
-    assert len({len(line) for line in lines}) == 1  # every column ends at the same place
+    table = [*lines[:3], lines[3][: len(lines[0])]]  # the macro row goes on to say what it averages
+    assert table[3].split() == ["macro", "avg", "0.625", "0.750", "0.533", "1238"]
+    assert lines[3][len(lines[0]) :] == "  (2 of 2 classes with test images)"
+    assert len({len(line) for line in table}) == 1  # every column ends at the same place
     for header_word in ("Precision", "Recall", "F1", "Support"):
         end = lines[0].index(header_word) + len(header_word)
         assert all(line[end - 1] != " " and (end == len(line) or line[end] == " ") for line in lines)

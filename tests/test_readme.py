@@ -217,7 +217,10 @@ def newcomer(tmp_path: Path):
     (project / ".venv").symlink_to(REPO / ".venv")
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "SERVE_", "PYTEST", "VIRTUAL_ENV"))}
+    # A newcomer's shell: none of this project's settings, and not inside `make test` (MAKEFLAGS and
+    # MAKELEVEL would make the README's `make demo` print "Entering directory" lines).
+    ours = ("RETRAIN_", "SERVE_", "PYTEST", "VIRTUAL_ENV", "MAKE", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     env.update(HOME=str(home), PATH=f"{project / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}")
     namespace = netns.create("retrain-readme")
     try:

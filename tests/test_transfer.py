@@ -271,7 +271,8 @@ def test_base_model_without_a_keras_model_is_refused(root: Path, digits: Path, h
     _, export = hidden_run
     stripped = root / "stripped"
     stripped.mkdir()
-    (stripped / "model.json").write_text((export / "model.json").read_text())
+    for name in ("model.json", "labels.txt"):  # a valid export but for its model.keras
+        (stripped / name).write_text((export / name).read_text())
     with pytest.raises(RetrainError, match=r"has no model\.keras"):
         retrain(root, "refused", "--image_dir", str(digits), "--base_model", str(stripped))
 
