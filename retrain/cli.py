@@ -25,14 +25,19 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--image_dir", help="Folder with one sub-folder of images per label.")
-@click.option("--output_dir", help="Where to export the model.  [default: models/<timestamp>, and models/latest]")
+@click.option("--output_dir", help="Export exactly here instead.  [default: <models_dir>/<model_name>/<next version>]")
 @click.option(
     "--models_dir",
     default="models",
     show_default=True,
     envvar="RETRAIN_MODELS_DIR",
     show_envvar=True,
-    help="Parent of the default --output_dir; its `latest` link points at the newest export.",
+    help="Where models go, one folder per name with numbered versions (TF Serving's layout); its `latest` "
+    "link points at the newest export.",
+)
+@click.option(
+    "--model_name",
+    help="The model's name: letters, digits, '-', '_', '.'.  [default: the --image_dir folder's name]",
 )
 @click.option("--bottleneck_dir", help="Bottleneck cache.  [default: ~/.cache/retrain/bottlenecks]")
 @click.option(

@@ -17,8 +17,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -49,13 +49,42 @@ class Exported:
     files: list[str]  # names, a folder's with a trailing "/"
 
 
-def default_output_dir(models_dir: str | Path = "models") -> Path:
-    """`models/<UTC timestamp>`, made unique if a run in the same second already took the name."""
-    base = Path(models_dir) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    candidate, suffix = base, 1
-    while candidate.exists():
-        candidate, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
-    return candidate
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A model's name: a folder under --models_dir and a path segment of /v1/models/<name> (TF Serving's)."""
+
+
+@dataclass(frozen=True)
+class NextVersion:
+    """Where a versioned export goes: `<models_dir>/<name>/<version>`, the version the next integer,
+    chosen under the model's export lock so that two runs exporting at once get two versions."""
+
+    models_dir: Path
+    name: str
+
+    @property
+    def model_root(self) -> Path:
+        return self.models_dir / self.name
+
+    def version_dir(self) -> Path:
+        versions = [int(p.name) for p in _entries(self.model_root) if p.name.isdigit() and p.is_dir()]
+        return self.model_root / str(max(versions, default=0) + 1)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def check_model_name(name: str, where: str = "--model_name") -> str:
+    """The name, if it is one TF Serving and a URL path accept, and not the `latest` link's."""
+    if not MODEL_NAME.fullmatch(name) or name == LATEST_LINK:
+        raise RetrainError(
+            f"{where} {printable(name)!r} is not a model name: use letters, digits, '-', '_' and '.' "
+            f"(not first), at most 128, and not {LATEST_LINK!r}"
+        )
+    return name
 
 
 def check_output_dir(output_dir: str | Path) -> None:
@@ -76,7 +105,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 
 def export_model(
-    output_dir: str | Path,
+    output_dir: str | Path | NextVersion,
     backbone: Backbone,
     head: Head,
     info: ModelInfo,
@@ -86,7 +115,8 @@ def export_model(
     complete: Callable[[Path], None] | None = None,
 ) -> Exported:
     """Writes the export atomically, one export to `output_dir` at a time; with `update_latest`,
-    repoints `<parent>/latest`.
+    repoints `latest` in the models folder at it. For a NextVersion, the version is chosen under
+    the model's lock, as the next integer.
 
     `formats` adds `saved_model` and `keras` to model.tflite. `feature_model`, the backbone's
     converted TFLite feature model (when the backbone is exactly the one exported, not
@@ -94,9 +124,13 @@ def export_model(
     network with TensorFlow. `complete`, called with the staging folder once the model is in it,
     adds what else the export holds (the report plots): it appears with the model, in the same rename.
     """
-    target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with export_lock(target):
+    versioned = output_dir if isinstance(output_dir, NextVersion) else None
+    locked = versioned.model_root if versioned else Path(output_dir)
+    locked.parent.mkdir(parents=True, exist_ok=True)
+    if versioned:
+        locked.mkdir(exist_ok=True)
+    with export_lock(locked):
+        target = versioned.version_dir() if versioned else locked
         staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
         staging.mkdir()  # unlike mkdtemp, keeps the umask's permissions: an export is meant to be shared
         try:
@@ -110,7 +144,7 @@ def export_model(
             shutil.rmtree(staging, ignore_errors=True)
             raise
         if update_latest:
-            point_latest_at(target)
+            point_latest_at(target, versioned.models_dir if versioned else target.parent)
     return Exported(target, files)
 
 
@@ -196,11 +230,13 @@ def _write_models(
     return written
 
 
-def point_latest_at(target: Path) -> None:
-    """Atomically repoints the `latest` symlink beside `target` (a relative link, so volumes can move)."""
-    link = target.parent / LATEST_LINK
-    temporary = target.parent / f".{LATEST_LINK}.{uuid.uuid4().hex[:8]}"
-    os.symlink(target.name, temporary)
+def point_latest_at(target: Path, models_dir: Path | None = None) -> None:
+    """Atomically repoints `<models_dir>/latest` (by default beside `target`) at `target`, as a relative
+    link, so volumes can move."""
+    folder = target.parent if models_dir is None else models_dir
+    link = folder / LATEST_LINK
+    temporary = folder / f".{LATEST_LINK}.{uuid.uuid4().hex[:8]}"
+    os.symlink(os.path.relpath(target, folder), temporary)
     os.replace(temporary, link)
 
 

@@ -48,8 +48,9 @@ from retrain.errors import RetrainError
 from retrain.export import (
     DEFAULT_EXPORT,
     Exported,
+    NextVersion,
+    check_model_name,
     check_output_dir,
-    default_output_dir,
     export_model,
     parse_formats,
 )
@@ -84,8 +85,9 @@ class RetrainConfig:
     """Every setting of a run; flag names follow retrain.py."""
 
     image_dir: str
-    output_dir: str | None = None  # None: models/<timestamp>, and models/latest points at it
+    output_dir: str | None = None  # None: <models_dir>/<model_name>/<next version>, and <models_dir>/latest
     models_dir: str = "models"
+    model_name: str | None = None  # None: the image folder's name
     bottleneck_dir: str | None = None  # None: <user cache>/bottlenecks
     architecture: str = AUTO  # a registry backbone, or auto: Lite0, and Lite2 too when images are few
     tfhub_module: str | None = None
@@ -171,8 +173,11 @@ def run(config: RetrainConfig) -> RunResult:
     image_set = discover(config.image_dir, config.validation_percentage, config.testing_percentage)
     seed = config.hparams.random_seed
     image_set = limit_training(image_set, config.train_fraction, config.train_images_per_class, seed)
-    output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config.models_dir)
-    check_output_dir(output_dir)
+    output_dir = _export_target(config)
+    if isinstance(output_dir, NextVersion):
+        check_writable(output_dir.model_root, "--models_dir")
+    else:
+        check_output_dir(output_dir)
     bottleneck_dir = Path(config.bottleneck_dir) if config.bottleneck_dir else user_cache_dir() / "bottlenecks"
     check_writable(bottleneck_dir, "--bottleneck_dir")
     if config.saved_model_dir:
@@ -229,9 +234,18 @@ def run(config: RetrainConfig) -> RunResult:
     return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
 
 
+def _export_target(config: RetrainConfig) -> Path | NextVersion:
+    """--output_dir as given, else the next version of the model named by --model_name or the image folder."""
+    if config.output_dir:
+        return Path(config.output_dir)
+    name = config.model_name or Path(config.image_dir).expanduser().resolve().name
+    where = "--model_name" if config.model_name else "--model_name (by default the image folder's name)"
+    return NextVersion(Path(config.models_dir), check_model_name(name, where))
+
+
 def _export(
     config: RetrainConfig,
-    output_dir: Path,
+    output_dir: Path | NextVersion,
     backbone: Backbone,
     trained: Trained,
     evaluation: Evaluation,

@@ -11,7 +11,7 @@ from pathlib import Path
 from retrain.augment import Augmentation
 from retrain.backbones import Backbone
 from retrain.choice import FeatureChoice
-from retrain.export import Exported
+from retrain.export import Exported, NextVersion
 from retrain.extract import ExtractionStats
 from retrain.heads import PrototypeHead
 from retrain.images import FEW_IMAGES_WARNING, MIN_IMAGES_FOR_HOLDOUT, SPLITS, ImageSet, Skipped
@@ -223,9 +223,10 @@ def feature_choice(choice: FeatureChoice) -> None:
     _say(f"Kept {choice.chosen}: {choice.reason}.")
 
 
-def exporting(output_dir: Path, formats: Collection[str]) -> None:
+def exporting(output_dir: Path | NextVersion, formats: Collection[str]) -> None:
     slow = " (writing the SavedModel takes a few seconds)" if "saved_model" in formats else ""
-    _say(f"Exporting to {printable(output_dir)}{slow}...")
+    where = f"a new version of {output_dir.model_root}" if isinstance(output_dir, NextVersion) else output_dir
+    _say(f"Exporting to {printable(where)}{slow}...")
 
 
 def exported(export: Exported, export_seconds: float, plot_seconds: float, total_seconds: float) -> None:

@@ -47,7 +47,8 @@ def test_demo_reaches_85_percent_and_prints_retrain_py_lines(digits_run) -> None
 def test_export_layout_model_json_and_latest_link(digits_run) -> None:
     result, _, root = digits_run
     export = result.output_dir
-    assert export.parent == root / "models" and (root / "models" / "latest").resolve() == export.resolve()
+    assert export == root / "models" / "digits" / "1"  # <models_dir>/<image folder's name>/<version>
+    assert os.readlink(root / "models" / "latest") == "digits/1"  # relative: works wherever models/ is mounted
     assert {p.name for p in export.iterdir()} == {
         "labels.txt", "model.json", "model.tflite", "saved_model", "model.keras",
         "confusion_matrix.png", "training_curves.png",
@@ -398,3 +399,31 @@ def test_cli_help_lists_retrain_py_flags() -> None:
     ):
         assert flag in completed.stdout
     assert os.environ.get("CI") is None or completed.stderr == ""
+
+
+def test_models_are_named_by_their_folder_and_numbered_by_version(tmp_path: Path) -> None:
+    """TF Serving's layout: low, high, then low again give low/1, high/1, low/2; latest follows."""
+    low, high = copy_digits(tmp_path / "low", ["0", "1", "2"], 20), copy_digits(tmp_path / "high", ["7", "8"], 20)
+    models, cache = tmp_path / "models", tmp_path / "cache"
+    outputs = []
+    for image_dir in (low, high, low):
+        config = RetrainConfig(
+            str(image_dir),
+            models_dir=str(models),
+            bottleneck_dir=str(cache),
+            hparams=HParams(how_many_training_steps=20),
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            outputs.append(run(config).output_dir)
+    assert outputs == [models / "low" / "1", models / "high" / "1", models / "low" / "2"]
+    assert os.readlink(models / "latest") == "low/2"
+    assert json.loads((models / "high" / "1" / "model.json").read_text())["labels"] == ["7", "8"]
+    assert sorted(p.name for p in models.iterdir()) == ["high", "latest", "low"]  # no lock or staging left
+
+
+@pytest.mark.parametrize("name", ["latest", ".hidden", "has space", "a/b", "caf\u00e9", "x" * 129])
+def test_a_model_name_that_is_no_path_segment_is_refused_before_any_work(name: str, tmp_path: Path) -> None:
+    digits = copy_digits(tmp_path / "digits", ["0", "1"], 3)
+    completed = retrain_cli("--image_dir", str(digits), "--models_dir", str(tmp_path / "models"), "--model_name", name)
+    assert completed.returncode == 2 and completed.stderr.startswith("retrain: error: --model_name "), completed.stderr
+    assert not (tmp_path / "models").exists()
