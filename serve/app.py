@@ -29,7 +29,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,6 +45,7 @@ from serve.api_schema import (
 )
 from serve.budget import DecodeBudget
 from serve.docs import docs_routes
+from serve.metrics import ServeMetrics
 from serve.middleware import AccessLog, BodiesInFlightError, BodyLimit, HostAllowList, RequestTooLargeError
 from serve.page import page_routes
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, NotAnImageError, preprocess
@@ -128,7 +129,9 @@ class Readiness(BaseModel):
     refused: RefusedReload | None = None
 
 
-def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> FastAPI:
+def create_app(
+    store: ModelStore, settings: ServeSettings = ServeSettings(), metrics: ServeMetrics | None = None
+) -> FastAPI:
     """The FastAPI app serving whatever model `store` holds (it may be swapped by a reload)."""
     app = FastAPI(
         title="retrain serve",
@@ -143,7 +146,8 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
     app.add_middleware(HostAllowList, hosts=list(settings.allowed_hosts))
-    app.add_middleware(AccessLog)
+    metrics = metrics or ServeMetrics()
+    app.add_middleware(AccessLog, metrics=metrics)
     budget = DecodeBudget(settings.decode_memory_bytes)
 
     @app.exception_handler(ApiError)
@@ -182,6 +186,7 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
     ) -> list[np.ndarray]:
         """Preprocesses off the event loop, then waits for the batcher; order is kept. A client that
         has gone is noticed between images, and the rest of its work is not done."""
+        request.state.model, request.state.version = settings.model_name, served.model.version
         spec = served.model.info.input_spec
         pixels = []
         for index, data in enumerate(images):
@@ -316,6 +321,12 @@ def create_app(store: ModelStore, settings: ServeSettings = ServeSettings()) -> 
         if refused is not None:
             answer["refused"] = {"export": refused.directory.name, "version": refused.version, "error": refused.error}
         return answer
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {metrics.content_type: {}}}})
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics: requests and latency by model, version, endpoint and status; batch sizes;
+        model loads; the versions available."""
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # monitors that probe with HEAD
         app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)

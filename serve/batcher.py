@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
@@ -21,9 +22,16 @@ _STOP = object()
 
 
 class MicroBatcher:
-    def __init__(self, runners: list[Runner], max_batch_size: int = 4, max_wait: float = 0.002):
+    def __init__(
+        self,
+        runners: list[Runner],
+        max_batch_size: int = 4,
+        max_wait: float = 0.002,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
+        self._on_batch = on_batch  # told each batch's size (metrics)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
@@ -92,5 +100,7 @@ class MicroBatcher:
             return
         with self._lock:
             self.batches += 1
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         for (_, future), row in zip(batch, scores, strict=True):
             future.set_result(row)

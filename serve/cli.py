@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -179,14 +180,27 @@ def _run_server(**options) -> None:
     from serve.batcher import MicroBatcher
     from serve.connections import header_timeout_protocol
     from serve.memory import map_large_buffers
+    from serve.metrics import ServeMetrics
     from serve.runtime import load_model
     from serve.store import ModelStore, ServedModel
 
     map_large_buffers()  # before anything large is allocated: the decoding budget then bounds RSS
+    name = options["model_name"]
+    metrics = ServeMetrics()
+    batch_sizes = metrics.batch_size.labels(name)
 
     def load(model_dir: Path) -> ServedModel:
-        model = load_model(model_dir, options["workers"], options["threads_per_worker"])
-        batcher = MicroBatcher(model.runners, options["max_batch_size"], options["batch_timeout_ms"] / 1000)
+        started = time.perf_counter()
+        try:
+            model = load_model(model_dir, options["workers"], options["threads_per_worker"])
+        except ModelDirError:
+            metrics.loaded(name, time.perf_counter() - started, None, ok=False)
+            raise
+        metrics.loaded(name, time.perf_counter() - started, model.version, ok=True)
+        batcher = MicroBatcher(
+            model.runners, options["max_batch_size"], options["batch_timeout_ms"] / 1000, on_batch=batch_sizes.observe
+        )
+        metrics.serving(name, model.version)  # the store swaps it in next
         return ServedModel(model, batcher)
 
     store = _load(lambda: ModelStore(options["model_dir"], load, wait=options["wait_for_model"]))
@@ -209,7 +223,7 @@ def _run_server(**options) -> None:
     )
     try:
         uvicorn.run(
-            create_app(store, settings),
+            create_app(store, settings, metrics),
             host=options["host"],
             port=options["port"],
             http=header_timeout_protocol(options["header_timeout_seconds"]),

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 
+from serve.metrics import UNMATCHED, ServeMetrics
 from serve.text import printable
 
 access_log = logging.getLogger("serve.access")
@@ -94,8 +95,9 @@ class AccessLog:
     `record.fields` for a JSON formatter. The method and path are the client's bytes, printed with
     `serve.text.printable` (and `"` escaped) so that no request can write a line of its own."""
 
-    def __init__(self, app):
+    def __init__(self, app, metrics: ServeMetrics | None = None):
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -112,7 +114,18 @@ class AccessLog:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            self._log(scope, status, (time.perf_counter() - started) * 1000)
+            seconds = time.perf_counter() - started
+            self._log(scope, status, seconds * 1000)
+            if self.metrics is not None:
+                self._count(scope, status, seconds)
+
+    def _count(self, scope, status: int, seconds: float) -> None:
+        """The request in the metrics: its route's template (never the raw path) and the model that answered."""
+        route = scope.get("route")
+        state = scope.get("state") or {}
+        endpoint = getattr(route, "path", None) or UNMATCHED
+        model, version = str(state.get("model", "")), str(state.get("version", ""))
+        self.metrics.request(model, version, endpoint, scope["method"] if route else "", status, seconds)
 
     def _log(self, scope, status: int, latency_ms: float) -> None:
         client = scope.get("client")

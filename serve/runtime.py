@@ -47,7 +47,7 @@ class LoadedModel:
     directory: Path  # the resolved directory, not a `latest` link
     info: ModelInfo
     runners: list[Runner]
-    version: int  # TF Serving's version number: the export's modification time, in seconds
+    version: int  # TF Serving's version number: see export_version
 
     @property
     def labels(self) -> list[str]:
@@ -80,4 +80,12 @@ def load_model(model_dir: str | Path, workers: int = 1, threads_per_worker: int 
         raise ModelDirError(f"{tflite} cannot be run: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if scores.shape != (1, len(info.labels)):
         raise ModelDirError(f"{tflite} gives {scores.shape[-1]} scores but model.json lists {len(info.labels)} labels")
-    return LoadedModel(directory, info, runners, int((directory / "model.json").stat().st_mtime))
+    return LoadedModel(directory, info, runners, export_version(directory))
+
+
+def export_version(directory: Path) -> int:
+    """TF Serving's version number of an export: its folder's name in the `<name>/<version>` layout
+    retrain writes, else (an export folder named otherwise) model.json's modification time, in seconds."""
+    if directory.name.isdigit():
+        return int(directory.name)
+    return int((directory / "model.json").stat().st_mtime)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from serve.batcher import MicroBatcher
 from serve.model_info import LABELS_TXT, MODEL_JSON, TFLITE_FILE, ModelDirError
-from serve.runtime import LoadedModel
+from serve.runtime import LoadedModel, export_version
 
 log = logging.getLogger("serve")
 
@@ -189,8 +189,8 @@ def _fingerprint(model_dir: Path) -> tuple:
 
 
 def _version_of(model_dir: Path) -> int | None:
-    """An export's version as LoadedModel counts it (model.json's modification time), if it has one."""
+    """An export's version as LoadedModel counts it, if it has one."""
     try:
-        return int((model_dir.resolve() / MODEL_JSON).stat().st_mtime)
+        return export_version(model_dir.resolve())
     except OSError:
         return None

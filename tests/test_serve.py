@@ -315,7 +315,7 @@ def test_health_readiness_and_labels(server: Server, export: Path) -> None:
     assert ready.json() == {
         "status": "ready",
         "model": export.resolve().name,  # the export's folder, not the server's file layout
-        "version": int((export / "model.json").stat().st_mtime),
+        "version": int(export.name),  # <models_dir>/digits/1: TF Serving's version number
         "labels": 10,
     }
     assert labels.json() == {"labels": (export / "labels.txt").read_text().split()}
