@@ -58,15 +58,24 @@ class ScoredRow(BaseModel):
     classes: list[str] = Field(description="The labels, in score order")
 
 
+class AnsweredBy(BaseModel):
+    """Which model and version answered (TF Serving's `model_spec`)."""
+
+    name: str
+    version: str
+
+
 class TFPredictResponse(BaseModel):
     """`predictions` for the row format, `outputs` (lists of lists) for the columnar one."""
 
     predictions: list[ScoredRow] | None = None
     outputs: dict[str, list[list[float]] | list[list[str]]] | None = None
+    model_spec: AnsweredBy
 
 
 class ClassifyResponse(BaseModel):
     result: list[list[tuple[str, float]]] = Field(description="Per image, every (label, score), best first")
+    model_spec: AnsweredBy
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

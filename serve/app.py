@@ -21,6 +21,8 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -38,6 +40,7 @@ from serve.api_schema import (
     CLASSIFY_REQUEST,
     PREDICT_REQUEST,
     UPLOAD_REQUEST,
+    AnsweredBy,
     ClassifyResponse,
     TFPredictResponse,
     complete_openapi,
@@ -98,12 +101,14 @@ class PredictResponse(BaseModel):
 
     filename: str | None = None
     predictions: list[Prediction]
+    model_spec: AnsweredBy | None = None  # on a one-file answer; a several-file answer has it once, beside results
 
 
 class MultiPredictResponse(BaseModel):
     """Several uploads: one entry per file, in upload order."""
 
     results: list[PredictResponse]
+    model_spec: AnsweredBy
 
 
 class Labels(BaseModel):
@@ -204,9 +209,25 @@ def create_app(
         if name != settings.model_name:
             raise ApiError(404, f"model {name!r} not found; this server serves {settings.model_name!r}")
 
+    @contextmanager
+    def lease(name: str, version: int | None = None, label: str | None = None) -> Iterator[ServedModel]:
+        """The model `name` answers with: its available version, or the one asked for by number or label."""
+        check_name(name)
+        if label is not None:
+            raise ApiError(404, f"model {name!r} has no version labelled {label!r}")
+        with store.lease() as served:
+            if version is not None and version != served.model.version:
+                available = served.model.version
+                raise ApiError(404, f"version {version} of model {name!r} is not available (available: {available})")
+            yield served
+
+    def model_spec(served: ServedModel) -> dict[str, str]:
+        return {"name": settings.model_name, "version": str(served.model.version)}
+
     @app.post(
         "/predict",
         response_model=PredictResponse | MultiPredictResponse,
+        response_model_exclude_none=True,
         responses=errors(400, 413, 415, 503),
         openapi_extra=UPLOAD_REQUEST,
     )
@@ -227,47 +248,58 @@ def create_app(
                 {"filename": name, "predictions": [r.__dict__ for r in served.model.rank(row, top_k)]}
                 for name, row in zip(names, rows, strict=True)
             ]
-        return results[0] if len(results) == 1 else {"results": results}
+            spec = model_spec(served)
+        return {**results[0], "model_spec": spec} if len(results) == 1 else {"results": results, "model_spec": spec}
 
-    @app.post(
-        "/v1/models/{name}:predict",
-        response_model=TFPredictResponse,
-        response_model_exclude_none=True,
-        responses=errors(400, 404, 413, 415, 503),
-        openapi_extra=PREDICT_REQUEST,
-    )
-    async def tf_serving_predict(name: str, request: Request) -> dict[str, Any]:
+    async def tf_serving_predict(
+        name: str, request: Request, version: int | None = None, label: str | None = None
+    ) -> dict[str, Any]:
         """TensorFlow Serving's predict: row (`instances`) or columnar (`inputs`) format, images as {"b64": ...}."""
         check_name(name)
         body = await _json_body(request, settings.max_images_per_request)
         columnar = "inputs" in body
         images = _images_from(body, ("inputs",) if columnar else ("instances",), settings.max_images_per_request)
-        with store.lease() as served:
+        with lease(name, version, label) as served:
             rows = await scores_for(request, served, images)
-            labels = served.model.labels
+            labels, spec = served.model.labels, model_spec(served)
         if columnar:
-            return {"outputs": {"scores": [row.tolist() for row in rows], "classes": [labels for _ in rows]}}
-        return {"predictions": [{"scores": row.tolist(), "classes": labels} for row in rows]}
+            outputs = {"scores": [row.tolist() for row in rows], "classes": [labels for _ in rows]}
+            return {"outputs": outputs, "model_spec": spec}
+        return {"predictions": [{"scores": row.tolist(), "classes": labels} for row in rows], "model_spec": spec}
 
-    @app.post(
-        "/v1/models/{name}:classify",
-        response_model=ClassifyResponse,
-        responses=errors(400, 404, 413, 415, 503),
-        openapi_extra=CLASSIFY_REQUEST,
-    )
-    async def tf_serving_classify(name: str, request: Request) -> dict[str, Any]:
+    async def tf_serving_classify(
+        name: str, request: Request, version: int | None = None, label: str | None = None
+    ) -> dict[str, Any]:
         """TensorFlow Serving's classify: {"examples": [...]} -> {"result": [[[label, score], ...]]}, best first."""
         check_name(name)
         body = await _json_body(request, settings.max_images_per_request)
         images = _images_from(body, ("examples", "instances"), settings.max_images_per_request)
-        with store.lease() as served:
+        with lease(name, version, label) as served:
             rows = await scores_for(request, served, images)
             ranked = [served.model.rank(row, len(row)) for row in rows]
-        return {"result": [[[r.label, r.score] for r in ranking] for ranking in ranked]}
+            spec = model_spec(served)
+        return {"result": [[[r.label, r.score] for r in ranking] for ranking in ranked], "model_spec": spec}
+
+    # TF Serving's paths: the available version, a version by number, or by label.
+    for suffix, where in (("", ""), ("/versions/{version}", "_version"), ("/labels/{label}", "_label")):
+        for verb, handler, response, body in (
+            ("predict", tf_serving_predict, TFPredictResponse, PREDICT_REQUEST),
+            ("classify", tf_serving_classify, ClassifyResponse, CLASSIFY_REQUEST),
+        ):
+            app.add_api_route(
+                f"/v1/models/{{name}}{suffix}:{verb}",
+                handler,
+                methods=["POST"],
+                operation_id=f"tf_serving_{verb}{where}",
+                response_model=response,
+                response_model_exclude_none=True,
+                responses=errors(400, 404, 413, 415, 503),
+                openapi_extra=body,
+            )
 
     @app.get("/v1/models/{name}", responses=errors(404, 503))
-    async def tf_serving_status(name: str) -> dict[str, Any]:
-        """TensorFlow Serving's model status."""
+    async def tf_serving_status(name: str, version: int | None = None) -> dict[str, Any]:
+        """TensorFlow Serving's model status: every version's state (a version asked for: its own)."""
         check_name(name)
         ok = {"error_code": "OK", "error_message": ""}
         versions = [{"version": str(store.current.version), "state": "AVAILABLE", "status": ok}]
@@ -275,13 +307,25 @@ def create_app(
         if refused is not None:  # TF Serving lists a version that failed to load as END with its error
             failed = {"error_code": "INVALID_ARGUMENT", "error_message": refused.error}
             versions.insert(0, {"version": str(refused.version or 0), "state": "END", "status": failed})
+        if version is not None:
+            versions = [entry for entry in versions if entry["version"] == str(version)]
+            if not versions:
+                raise ApiError(404, f"model {name!r} has no version {version}")
         return {"model_version_status": versions}
 
+    app.add_api_route(
+        "/v1/models/{name}/versions/{version}",
+        tf_serving_status,
+        methods=["GET"],
+        operation_id="tf_serving_status_version",
+        responses=errors(404, 503),
+    )
+
     @app.get("/v1/models/{name}/metadata", responses=errors(404, 503))
-    async def tf_serving_metadata(name: str) -> dict[str, Any]:
+    async def tf_serving_metadata(name: str, version: int | None = None) -> dict[str, Any]:
         """TensorFlow Serving's metadata: the signature, plus the labels and the export's model.json."""
-        check_name(name)
-        model = store.current
+        with lease(name, version) as served:
+            model = served.model
         count = len(model.labels)
         signature = {
             "inputs": {"image_bytes": {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}}},
@@ -297,6 +341,14 @@ def create_app(
             "labels": model.labels,
             "model": model.info.to_json(),
         }
+
+    app.add_api_route(
+        "/v1/models/{name}/versions/{version}/metadata",
+        tf_serving_metadata,
+        methods=["GET"],
+        operation_id="tf_serving_metadata_version",
+        responses=errors(404, 503),
+    )
 
     @app.get("/labels", response_model=Labels, responses=errors(503))
     async def labels() -> dict[str, Any]:

@@ -231,7 +231,8 @@ def test_predict_one_file_is_ranked_and_honours_top_k(server: Server, split: Spl
         three = upload(client, split.image(0), query="?top_k=3")
         everything = upload(client, split.image(0), query="?top_k=10")
     assert default.status_code == three.status_code == everything.status_code == 200
-    assert set(three.json()) == {"filename", "predictions"} and three.json()["filename"] == "img0.png"
+    assert set(three.json()) == {"filename", "predictions", "model_spec"} and three.json()["filename"] == "img0.png"
+    assert three.json()["model_spec"] == {"name": MODEL, "version": str(client_version(server))}
     assert len(default.json()["predictions"]) == 5 and len(three.json()["predictions"]) == 3
     ranked = everything.json()["predictions"]
     assert sorted(p["label"] for p in ranked) == sorted(split.labels)
@@ -250,6 +251,7 @@ def test_predict_several_files_answers_each_in_upload_order(server: Server, spli
     assert [len(r["predictions"]) for r in results] == [2] * len(indices)
     assert [r["predictions"][0]["label"] for r in results] == [split.expected(i) for i in indices]
     assert results[1] == {**results[3], "filename": "img1.png"}  # the same image twice, the same answer
+    assert response.json()["model_spec"] == {"name": MODEL, "version": str(client_version(server))}
 
 
 @pytest.mark.parametrize(
@@ -269,8 +271,9 @@ def test_tf_serving_predict_formats_give_the_upload_scores(server: Server, split
         uploads = [upload(client, image, query="?top_k=10").json()["predictions"] for image in images]
     assert response.status_code == 200, response.text
     answer = response.json()
+    assert answer["model_spec"] == {"name": MODEL, "version": str(client_version(server))}
     if "outputs" in answer:  # columnar in, columnar out
-        assert set(answer) == {"outputs"}
+        assert set(answer) == {"outputs", "model_spec"}
         scores, classes = answer["outputs"]["scores"], answer["outputs"]["classes"]
     else:
         rows = answer["predictions"]
@@ -278,6 +281,39 @@ def test_tf_serving_predict_formats_give_the_upload_scores(server: Server, split
     assert classes == [split.labels] * len(indices)
     expected = [scores_by_label(predictions, split.labels) for predictions in uploads]
     np.testing.assert_allclose(np.array(scores), np.array(expected), atol=1e-6)
+
+
+def client_version(server: Server) -> int:
+    with server.client() as client:
+        return client.get("/readyz").json()["version"]
+
+
+def test_versions_and_labels_in_the_path_reach_the_available_version_or_404(server: Server, split: Split) -> None:
+    """TF Serving's /versions/{v} and /labels/{label} paths: the served version answers as the plain path
+    does; another version, an unknown label or a version that is no number is a 4xx with the error JSON."""
+    version = client_version(server)
+    body = {"instances": [{"b64": b64(split.image(0))}]}
+    with server.client() as client:
+        plain = client.post(f"/v1/models/{MODEL}:predict", json=body).json()
+        by_number = client.post(f"/v1/models/{MODEL}/versions/{version}:predict", json=body)
+        classify = client.post(f"/v1/models/{MODEL}/versions/{version}:classify", json={"examples": body["instances"]})
+        status = client.get(f"/v1/models/{MODEL}/versions/{version}")
+        metadata = client.get(f"/v1/models/{MODEL}/versions/{version}/metadata")
+        missing = [
+            client.post(f"/v1/models/{MODEL}/versions/{version + 1}:predict", json=body),
+            client.post(f"/v1/models/{MODEL}/labels/stable:predict", json=body),
+            client.get(f"/v1/models/{MODEL}/versions/{version + 1}"),
+            client.get(f"/v1/models/{MODEL}/versions/{version + 1}/metadata"),
+            client.post(f"/v1/models/nope/versions/{version}:classify", json={"examples": body["instances"]}),
+        ]
+        not_a_number = client.post(f"/v1/models/{MODEL}/versions/latest:predict", json=body)
+    assert by_number.status_code == 200 and by_number.json() == plain
+    assert classify.status_code == 200 and classify.json()["model_spec"]["version"] == str(version)
+    assert status.json()["model_version_status"][0]["version"] == str(version)
+    assert metadata.json()["model_spec"]["version"] == str(version)
+    assert [answer.status_code for answer in missing] == [404] * 5
+    assert all(set(answer.json()) == {"error"} for answer in missing)
+    assert not_a_number.status_code == 400 and "version" in not_a_number.json()["error"]
 
 
 def test_tf_serving_classify_ranks_every_label(server: Server, split: Split) -> None:
