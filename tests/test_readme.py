@@ -211,6 +211,11 @@ def check_transcript(command: Command, printed: str) -> None:
 def newcomer(tmp_path: Path):
     """(project copy, environment, namespace): where and how the README's commands run."""
     debian_tool("curl", "curl")
+    stamp = REPO / ".venv" / ".installed-demo"
+    inputs = [REPO / "pyproject.toml", REPO / "constraints.txt"]
+    if not stamp.exists() or any(path.stat().st_mtime > stamp.stat().st_mtime for path in inputs):
+        pytest.fail(".venv is older than pyproject.toml or constraints.txt (the README's `make demo` would reinstall, "
+                    "offline): run `make test`, which refreshes it first")  # fmt: skip
     project = tmp_path / "retrain"
     ignore = shutil.ignore_patterns(".venv", ".git", "models", "__pycache__", ".*_cache", "results")
     shutil.copytree(REPO, project, ignore=ignore)  # copy2: the mtimes make keeps .venv's install stamps valid

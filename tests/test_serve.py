@@ -1314,3 +1314,15 @@ def test_the_work_of_a_client_that_has_gone_is_not_done(server: Server) -> None:
     wait_for(lambda: "client gone" in server.log(), "the server to notice the client has gone", 600)
     stopped = re.search(r"client gone: stopped after decoding (\d+) of 64 images", server.log())
     assert stopped and int(stopped[1]) < 64, server.log()[-2000:]
+
+
+def test_docs_assets_are_sent_compressed_to_whoever_accepts_gzip(server: Server) -> None:
+    with server.client() as client:
+        page = client.get("/docs")
+        packed = client.get("/docs/swagger-ui-bundle.js", headers={"accept-encoding": "gzip"})
+        plain = client.get("/docs/swagger-ui-bundle.js", headers={"accept-encoding": "identity"})
+        missing = client.get("/docs/other.js")
+    assert page.status_code == 200 and "/docs/swagger-ui-bundle.js" in page.text and "cdn" not in page.text.lower()
+    assert packed.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert packed.content == plain.content and len(plain.content) > 1_000_000  # httpx decodes the gzip one
+    assert missing.status_code == 404 and set(missing.json()) == {"error"}
