@@ -38,6 +38,7 @@ from retrain.files import read_regular_file
 from retrain.progress import progress_bar
 from retrain.runtimes import FeatureRuntime, open_runtime
 from serve.budget import DecodeBudget
+from serve.memory import large_buffers_mapped
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, InputSpec, decoded, normalize, preprocess
 from serve.text import printable
 
@@ -173,7 +174,10 @@ def compute_bottlenecks(
             stats.runtime, stats.setup_seconds = stats.runtime or forward.name, time.monotonic() - opened
             budget = budget or DecodeBudget(DECODE_MEMORY_BYTES)
             decode = partial(_decode, spec=backbone.input_spec, cache=cache, versions=versions, budget=budget)
-            with progress_bar(total=sum(len(job.versions) for job in misses), desc="Computing bottlenecks") as bar:
+            with (
+                large_buffers_mapped(),  # freed decoding buffers go back to the system: the budget bounds RSS
+                progress_bar(total=sum(len(job.versions) for job in misses), desc="Computing bottlenecks") as bar,
+            ):
                 for batch in _decoded_batches(pool, misses, decode, batch_size):
                     decoded = [item for item in batch if isinstance(item, _Decoded)]
                     failed = [item for item in batch if isinstance(item, _Failed)]

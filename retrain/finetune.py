@@ -27,6 +27,7 @@ from retrain.heads import SoftmaxHead
 from retrain.progress import progress_bar
 from retrain.train import EvalRecord, HParams, evaluate
 from serve.budget import DecodeBudget
+from serve.memory import large_buffers_mapped
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, InputSpec, decoded, resize_for_model
 
 MOMENTUM = 0.9
@@ -59,7 +60,7 @@ def decode_images(
         except (OSError, ImageDecodeError) as e:
             skipped.append((Path(paths[index]), str(e)))
 
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 2)) as pool:
+    with large_buffers_mapped(), ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 2)) as pool:
         for _ in progress_bar(pool.map(load, range(len(paths))), total=len(paths), desc="Decoding images"):
             pass
     return images, skipped

@@ -63,7 +63,6 @@ from retrain.paths import check_writable, user_cache_dir
 from retrain.runtimes import FeatureRuntime, open_runtime
 from retrain.train import EvalRecord, HParams, accuracy_and_cross_entropy, initial_softmax_head, train_head
 from serve.budget import DecodeBudget
-from serve.memory import map_large_buffers
 from serve.model_info import CONFUSION_MATRIX_PNG, LABELS_TXT, SAVED_MODEL_DIR, TRAINING_CURVES_PNG, ModelInfo
 from serve.preprocess import decoded
 from serve.text import printable
@@ -169,7 +168,6 @@ def run(config: RetrainConfig) -> RunResult:
     """Runs the whole job; RetrainError for anything the user can fix, raised before heavy work."""
     started = time.monotonic()
     check_options(config)
-    map_large_buffers()  # freed decoding buffers go back to the system: the decoding budget then bounds RSS
     image_set = discover(config.image_dir, config.validation_percentage, config.testing_percentage)
     seed = config.hparams.random_seed
     image_set = limit_training(image_set, config.train_fraction, config.train_images_per_class, seed)

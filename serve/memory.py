@@ -14,15 +14,31 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 4 * 2**20
+HEAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's own ceiling for its dynamic threshold (64-bit)
 
 
-def map_large_buffers() -> bool:
-    """Fixes glibc's mmap threshold at 4 MiB; False where the C library is not glibc (nothing changes)."""
+def map_large_buffers(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Fixes glibc's mmap threshold (4 MiB by default); False where the C library is not glibc (nothing
+    changes)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
+
+
+@contextmanager
+def large_buffers_mapped() -> Iterator[None]:
+    """For a block that decodes images (retrain's extraction): buffers over 4 MiB mapped on their own,
+    then back to a 32 MiB threshold, so that the training that follows reuses heap memory for its
+    ten-megabyte arrays instead of mapping and faulting them in afresh (0.3-0.4 s of a 2 s rerun)."""
+    map_large_buffers(MMAP_THRESHOLD_BYTES)
+    try:
+        yield
+    finally:
+        map_large_buffers(HEAP_THRESHOLD_BYTES)
