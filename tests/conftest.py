@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -212,6 +212,15 @@ def start_server(model_dir: Path, log_path: Path, *flags: str) -> Server:
         if "address already in use" not in server.log().lower():  # else another process took the port: retry
             break
     pytest.fail(f"serve did not become ready (exit code {process.returncode}):\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def server(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real `serve` of the digits export, default limits and text logs, one per test module (a module
+    that needs other flags defines its own `server`)."""
+    running = start_server(export, tmp_path_factory.mktemp("serve") / "server.log", "--poll_seconds", "0")
+    yield running
+    running.stop()
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 60) -> None:

@@ -90,14 +90,6 @@ def split(digits_run) -> Split:
 
 
 @pytest.fixture(scope="module")
-def server(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The digits export with default limits and text logs."""
-    running = start_server(export, tmp_path_factory.mktemp("serve") / "server.log", "--poll_seconds", "0")
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def small_server(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Low limits (100 kB bodies, 100k-pixel images) and JSON logs."""
     flags = ["--poll_seconds", "0", "--max_request_bytes", "100000", "--max_image_pixels", "100000"]

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Server, start_server
+from .conftest import Server
 
 MODEL = "retrained"
 ENDPOINTS = (f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}:classify", "/v1/models/other:predict")
@@ -53,13 +52,6 @@ tf_serving_shaped = st.one_of(
     ),
     st.fixed_dictionaries({"examples": st.lists(image_items, max_size=5), "signature_name": json_values}),
 )
-
-
-@pytest.fixture(scope="module")
-def server(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(export, tmp_path_factory.mktemp("fuzz") / "server.log", "--poll_seconds", "0")
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import DIGITS, Server, debian_tool, start_server, wait_for
+from .conftest import DIGITS, Server, debian_tool, wait_for
 
 MODEL = "retrained"
 
@@ -20,13 +20,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(export, tmp_path_factory.mktemp("metrics") / "server.log", "--poll_seconds", "0")
-    yield running
-    running.stop()
 
 
 @pytest.fixture
