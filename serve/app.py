@@ -313,14 +313,6 @@ def create_app(
                 raise ApiError(404, f"model {name!r} has no version {version}")
         return {"model_version_status": versions}
 
-    app.add_api_route(
-        "/v1/models/{name}/versions/{version}",
-        tf_serving_status,
-        methods=["GET"],
-        operation_id="tf_serving_status_version",
-        responses=errors(404, 503),
-    )
-
     @app.get("/v1/models/{name}/metadata", responses=errors(404, 503))
     async def tf_serving_metadata(name: str, version: int | None = None) -> dict[str, Any]:
         """TensorFlow Serving's metadata: the signature, plus the labels and the export's model.json."""
@@ -342,13 +334,10 @@ def create_app(
             "model": model.info.to_json(),
         }
 
-    app.add_api_route(
-        "/v1/models/{name}/versions/{version}/metadata",
-        tf_serving_metadata,
-        methods=["GET"],
-        operation_id="tf_serving_metadata_version",
-        responses=errors(404, 503),
-    )
+    for path, handler in (("", tf_serving_status), ("/metadata", tf_serving_metadata)):  # one version's
+        operation = f"{handler.__name__}_version"
+        route = f"/v1/models/{{name}}/versions/{{version}}{path}"
+        app.add_api_route(route, handler, methods=["GET"], operation_id=operation, responses=errors(404, 503))
 
     @app.get("/labels", response_model=Labels, responses=errors(503))
     async def labels() -> dict[str, Any]:

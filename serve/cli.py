@@ -194,9 +194,9 @@ def _run_server(**options) -> None:
         try:
             model = load_model(model_dir, options["workers"], options["threads_per_worker"])
         except ModelDirError:
-            metrics.loaded(name, time.perf_counter() - started, None, ok=False)
+            metrics.loaded(name, time.perf_counter() - started, ok=False)
             raise
-        metrics.loaded(name, time.perf_counter() - started, model.version, ok=True)
+        metrics.loaded(name, time.perf_counter() - started, ok=True)
         batcher = MicroBatcher(
             model.runners, options["max_batch_size"], options["batch_timeout_ms"] / 1000, on_batch=batch_sizes.observe
         )

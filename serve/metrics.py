@@ -66,7 +66,7 @@ class ServeMetrics:
         self.requests.labels(model, version, endpoint, method, str(status)).inc()
         self.latency.labels(model, version, endpoint).observe(seconds)
 
-    def loaded(self, model: str, seconds: float, version: int | None, ok: bool) -> None:
+    def loaded(self, model: str, seconds: float, ok: bool) -> None:
         self.loads.labels(model, "loaded" if ok else "refused").inc()
         self.load_seconds.labels(model).observe(seconds)
 
