@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Collection, Iterator
@@ -32,11 +31,11 @@ from retrain.paths import check_writable
 from retrain.quiet import import_tensorflow_quietly
 from retrain.tflite_head import append_head
 from serve.model_info import KERAS_MODEL_FILE, MODEL_JSON, SAVED_MODEL_DIR, TFLITE_FILE, ModelInfo
+from serve.models import LATEST_LINK, MODEL_NAME
 from serve.text import printable
 
 log = logging.getLogger(__name__)
 
-LATEST_LINK = "latest"
 EXPORT_FORMATS = ("tflite", "saved_model", "keras")  # model.tflite is always written: serve runs it
 DEFAULT_EXPORT = ("tflite",)
 
@@ -47,10 +46,6 @@ class Exported:
 
     path: Path
     files: list[str]  # names, a folder's with a trailing "/"
-
-
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-"""A model's name: a folder under --models_dir and a path segment of /v1/models/<name> (TF Serving's)."""
 
 
 @dataclass(frozen=True)

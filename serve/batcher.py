@@ -43,13 +43,15 @@ class MicroBatcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, pixels: np.ndarray) -> Future:
-        """Queues one preprocessed image (H, W, 3); the future resolves to its score vector."""
+    def submit(self, pixels: np.ndarray, then: Callable[[np.ndarray], np.ndarray] | None = None) -> Future:
+        """Queues one preprocessed image (H, W, 3); the future resolves to its output row (a score
+        vector), passed through `then` first if given (a shared backbone's features through one
+        model's head), in the worker thread."""
         future: Future = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("this model has been unloaded")
-            self._queue.put((pixels, future))
+            self._queue.put((pixels, future, then))
         return future
 
     def close(self) -> None:
@@ -93,14 +95,17 @@ class MicroBatcher:
 
     def _run(self, runner: Runner, batch: list) -> None:
         try:
-            scores = runner.scores(np.stack([pixels for pixels, _ in batch]))
+            outputs = runner.scores(np.stack([pixels for pixels, _, _ in batch]))
         except Exception as e:
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.set_exception(e)
             return
         with self._lock:
             self.batches += 1
         if self._on_batch is not None:
             self._on_batch(len(batch))
-        for (_, future), row in zip(batch, scores, strict=True):
-            future.set_result(row)
+        for (_, future, then), row in zip(batch, outputs, strict=True):
+            try:
+                future.set_result(row if then is None else then(row[np.newaxis])[0])
+            except Exception as e:
+                future.set_exception(e)

@@ -25,19 +25,22 @@ class Ranked:
 
 
 class Runner:
-    """One LiteRT interpreter. Not thread-safe: each worker thread owns one."""
+    """One LiteRT interpreter of a file or of a flatbuffer in memory (a shared backbone cut from an
+    export). Not thread-safe: each worker thread owns one."""
 
-    def __init__(self, model_path: Path, threads: int):
+    def __init__(self, model: Path | bytes, threads: int, signature: str = SIGNATURE, output: str = "scores"):
         from ai_edge_litert.interpreter import Interpreter
 
+        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
         with stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
-            interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
-            self._run = interpreter.get_signature_runner(SIGNATURE)
+            interpreter = Interpreter(**source, num_threads=threads)
+            self._run = interpreter.get_signature_runner(signature)
             self._run(images=np.zeros((1, *interpreter.get_input_details()[0]["shape_signature"][1:]), np.float32))
+        self._output = output
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) float32 pixels -> (N, num_labels) softmax scores."""
-        return self._run(images=np.ascontiguousarray(pixels, dtype=np.float32))["scores"]
+        """(N, H, W, 3) float32 pixels -> (N, num_labels) softmax scores (or a backbone's features)."""
+        return self._run(images=np.ascontiguousarray(pixels, dtype=np.float32))[self._output]
 
 
 @dataclass(frozen=True)
