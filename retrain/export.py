@@ -8,8 +8,9 @@ folder until its rename, and a second run waits (saying so) instead of renaming 
 still being written, or listing another run's temporary files as its own. `model.tflite` takes already-preprocessed
 pixels, which serve computes with `serve.preprocess`; when the backbone's converted feature model
 is cached, it is that model with the head appended (`retrain.tflite_head`), which needs no
-TensorFlow. The SavedModel's `serving_default` takes encoded image bytes and decodes them in
-TensorFlow with the same steps (`retrain.tensorflow_export`).
+TensorFlow, and model.json records the digest of that backbone (`shared_backbone`), by which serve
+runs one backbone for every export that has it. The SavedModel's `serving_default` takes encoded
+image bytes and decodes them in TensorFlow with the same steps (`retrain.tensorflow_export`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,19 @@ from retrain.errors import RetrainError
 from retrain.heads import Head
 from retrain.paths import check_writable
 from retrain.quiet import import_tensorflow_quietly
+from retrain.tflite_graph import operator_count
 from retrain.tflite_head import append_head
-from serve.model_info import KERAS_MODEL_FILE, MODEL_JSON, SAVED_MODEL_DIR, TFLITE_FILE, ModelInfo
+from serve.model_info import (
+    KERAS_MODEL_FILE,
+    MODEL_JSON,
+    SAVED_MODEL_DIR,
+    SHARED_BACKBONE,
+    TFLITE_FILE,
+    ModelInfo,
+    SharedBackbone,
+)
 from serve.models import LATEST_LINK, MODEL_NAME
+from serve.models.split import split_export
 from serve.text import printable
 
 log = logging.getLogger(__name__)
@@ -129,8 +140,9 @@ def export_model(
         staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
         staging.mkdir()  # unlike mkdtemp, keeps the umask's permissions: an export is meant to be shared
         try:
-            written = _write_models(staging, backbone, head, info.labels, formats, feature_model)
-            replace(info, files={**info.files, **written}).write(staging)
+            written, shared = _write_models(staging, backbone, head, info.labels, formats, feature_model)
+            details = {**info.details, SHARED_BACKBONE: shared.to_json()} if shared else info.details
+            replace(info, files={**info.files, **written}, details=details).write(staging)
             if complete is not None:
                 complete(staging)
             files = sorted(p.name + ("/" if p.is_dir() else "") for p in staging.iterdir())
@@ -198,11 +210,15 @@ def _write_models(
     labels: list[str],
     formats: Collection[str],
     feature_model: Path | None,
-) -> dict[str, str]:
-    """model.tflite and the asked-for TensorFlow formats in `folder`; returns model.json's `files` additions."""
-    written = {}
+) -> tuple[dict[str, str], SharedBackbone | None]:
+    """model.tflite and the asked-for TensorFlow formats in `folder`; returns model.json's `files`
+    additions, and its `shared_backbone` when model.tflite is the feature model with the head appended."""
+    written, shared = {}, None
     if feature_model is not None:
-        (folder / TFLITE_FILE).write_bytes(append_head(feature_model.read_bytes(), head))
+        features = feature_model.read_bytes()
+        model = append_head(features, head)
+        (folder / TFLITE_FILE).write_bytes(model)
+        shared = shared_backbone(model, features)
     if feature_model is None or "saved_model" in formats or "keras" in formats:
         import_tensorflow_quietly()
         from retrain import tensorflow_export
@@ -222,7 +238,19 @@ def _write_models(
                 written["keras"] = KERAS_MODEL_FILE
             else:
                 log.warning("no %s: the backbone %s is not a Keras model", KERAS_MODEL_FILE, backbone.name)
-    return written
+    return written, shared
+
+
+def shared_backbone(model: bytes, feature_model: bytes) -> SharedBackbone | None:
+    """model.json's `shared_backbone` of `model`, made by appending a head to `feature_model`: the head is
+    the operators appended, and the digest is the one serve computes from the same bytes (`split_export`).
+    None, with a warning, if serve could not cut it there: the export is still whole, only not shared."""
+    head_operators = operator_count(model) - operator_count(feature_model)
+    try:
+        return SharedBackbone(split_export(model, head_operators).digest, head_operators)
+    except ValueError as e:
+        log.warning("model.tflite's backbone cannot be shared with other models' (%s)", e)
+        return None
 
 
 def point_latest_at(target: Path, models_dir: Path | None = None) -> None:

@@ -100,6 +100,14 @@ class TFLiteGraph:
         return len(self.model.operatorCodes) - 1
 
 
+def operator_count(data: bytes) -> int:
+    """How many operators a one-subgraph model runs, read without unpacking it."""
+    model = schema.Model.GetRootAs(data, 0)
+    if model.SubgraphsLength() != 1:
+        raise ValueError(f"expected a model with one subgraph, not {model.SubgraphsLength()}")
+    return model.Subgraphs(0).OperatorsLength()
+
+
 def _tensor_map(name: str, tensor: int) -> schema.TensorMapT:
     mapping = schema.TensorMapT()
     mapping.name, mapping.tensorIndex = name, tensor

@@ -1,17 +1,18 @@
 """The HTTP API: a plain upload endpoint plus TensorFlow Serving's REST shapes.
 
-    POST /predict                         multipart upload(s) -> ranked labels
-    POST /v1/models/{name}:predict        {"instances": [{"b64": ...}]} -> {"predictions": [...]}
-    POST /v1/models/{name}:classify       {"examples": [{"b64": ...}]} -> {"result": [[[label, score], ...]]}
-    GET  /v1/models/{name}                model_version_status
-    GET  /v1/models/{name}/metadata       signature and labels
-    GET  /healthz, /readyz, /labels
-    GET  /, /model, /model/plots/{name}   the web page and the model description it shows (serve.page)
+    POST /predict?model=&version=         multipart upload(s) -> ranked labels
+    POST /v1/models/{name}[/versions/{v} | /labels/{label}]:predict
+                                          {"instances": [{"b64": ...}]} -> {"predictions": [...]}
+    POST /v1/models/{name}[...]:classify  {"examples": [{"b64": ...}]} -> {"result": [[[label, score], ...]]}
+    GET  /v1/models/{name}[/versions/{v}] model_version_status
+    GET  /v1/models/{name}[/versions/{v}]/metadata   signature and labels
+    GET  /healthz, /readyz, /labels?model=&version=
+    GET  /, /models, /model, /model/plots/{name}   the web page and what it shows (serve.page)
 
-Errors are `{"error": "..."}`: 400 bad image or JSON, 404 unknown model, 413 too large, 415 not
-an image or not a multipart upload, 503 (with Retry-After) no model loaded yet (`--wait_for_model`).
-While no model is loaded, /healthz still answers 200 (the process is alive) and /readyz, like every
-endpoint that needs the model, answers 503.
+Errors are `{"error": "..."}`: 400 bad image or JSON, 404 unknown model, version or label, 413 too
+large, 415 not an image or not a multipart upload, 503 (with Retry-After) while a model is still
+loading or none is there yet (`--wait_for_model`). Then /healthz still answers 200 (the process is
+alive) and /readyz, like every endpoint that needs a model, answers 503.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -50,9 +49,10 @@ from serve.budget import DecodeBudget
 from serve.docs import docs_routes
 from serve.metrics import ServeMetrics
 from serve.middleware import AccessLog, BodiesInFlightError, BodyLimit, HostAllowList, RequestTooLargeError
+from serve.models.manager import ModelManager, ModelNotFoundError, NoModelError
+from serve.models.servable import ServedModel
 from serve.page import page_routes
 from serve.preprocess import ImageDecodeError, ImageTooLargeError, NotAnImageError, preprocess
-from serve.store import ModelStore, NoModelError, ServedModel
 from serve.text import printable
 
 log = logging.getLogger("serve")
@@ -69,7 +69,6 @@ INLINE_JSON_BYTES = 64 * 2**10
 class ServeSettings:
     """The server's limits; each is a `serve` flag of the same name (README, "Limits")."""
 
-    model_name: str = "retrained"
     max_request_bytes: int = 32 * 2**20
     max_image_pixels: int = 40_000_000
     max_images_per_request: int = 64
@@ -119,26 +118,34 @@ class Health(BaseModel):
     status: str
 
 
-class RefusedReload(BaseModel):
-    """The last export a reload refused; the model above still serves."""
+class ServedVersion(BaseModel):
+    """A model's version answering requests that name no version."""
 
+    name: str
+    version: int
+    export: str  # the export folder's path, as loaded
+    labels: int
+
+
+class RefusedVersion(BaseModel):
+    """A version that was refused; the model's other versions still serve."""
+
+    name: str
+    version: int
     export: str
-    version: int | None
     error: str
 
 
 class Readiness(BaseModel):
     status: str
-    model: str
-    version: int
-    labels: int
-    refused: RefusedReload | None = None
+    models: list[ServedVersion]
+    refused: list[RefusedVersion] = []
 
 
 def create_app(
-    store: ModelStore, settings: ServeSettings = ServeSettings(), metrics: ServeMetrics | None = None
+    manager: ModelManager, settings: ServeSettings = ServeSettings(), metrics: ServeMetrics | None = None
 ) -> FastAPI:
-    """The FastAPI app serving whatever model `store` holds (it may be swapped by a reload)."""
+    """The FastAPI app serving the models `manager` holds (their versions come and go while it runs)."""
     app = FastAPI(
         title="retrain serve",
         description="Label queries for an image classifier exported by retrain.",
@@ -173,6 +180,10 @@ def create_app(
     async def busy(_: Request, error: BodiesInFlightError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=503, headers={"retry-after": "1"})
 
+    @app.exception_handler(ModelNotFoundError)
+    async def not_found(_: Request, error: ModelNotFoundError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=404)
+
     @app.exception_handler(NoModelError)
     async def no_model(_: Request, error: NoModelError) -> JSONResponse:
         headers = {"retry-after": str(settings.retry_after_seconds)}
@@ -188,11 +199,11 @@ def create_app(
         return JSONResponse({"error": problems}, status_code=400)
 
     async def scores_for(
-        request: Request, served: ServedModel, images: list[bytes], names: list[str] | None = None
+        request: Request, name: str, served: ServedModel, images: list[bytes], names: list[str] | None = None
     ) -> list[np.ndarray]:
         """Preprocesses off the event loop, then waits for the batcher; order is kept. A client that
         has gone is noticed between images, and the rest of its work is not done."""
-        request.state.model, request.state.version = settings.model_name, served.model.version
+        request.state.model, request.state.version = name, served.model.version
         spec = served.model.info.input_spec
         pixels = []
         for index, data in enumerate(images):
@@ -202,27 +213,23 @@ def create_app(
                 pixels.append(await run_in_threadpool(preprocess, data, spec, settings.max_image_pixels, budget))
             except ImageDecodeError as e:
                 raise _image_error(e, names[index] if names else f"image {index}") from e
-        futures = [served.batcher.submit(p) for p in pixels]
+        futures = [served.submit(p) for p in pixels]
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
-    def check_name(name: str) -> None:
-        if name != settings.model_name:
-            raise ApiError(404, f"model {name!r} not found; this server serves {settings.model_name!r}")
+    def chosen(name: str | None) -> str:
+        """The model a request names, or the only one served when it names none."""
+        if name is not None:
+            return name
+        names = manager.names()
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise NoModelError(f"no model loaded yet: waiting for one in {printable(manager.catalog.describe())}")
+        listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        raise ApiError(400, f"this server serves {len(names)} models: name one with ?model= ({listed})")
 
-    @contextmanager
-    def lease(name: str, version: int | None = None, label: str | None = None) -> Iterator[ServedModel]:
-        """The model `name` answers with: its available version, or the one asked for by number or label."""
-        check_name(name)
-        if label is not None:
-            raise ApiError(404, f"model {name!r} has no version labelled {label!r}")
-        with store.lease() as served:
-            if version is not None and version != served.model.version:
-                available = served.model.version
-                raise ApiError(404, f"version {version} of model {name!r} is not available (available: {available})")
-            yield served
-
-    def model_spec(served: ServedModel) -> dict[str, str]:
-        return {"name": settings.model_name, "version": str(served.model.version)}
+    def model_spec(name: str, served: ServedModel) -> dict[str, str]:
+        return {"name": name, "version": str(served.model.version)}
 
     @app.post(
         "/predict",
@@ -231,8 +238,14 @@ def create_app(
         responses=errors(400, 413, 415, 503),
         openapi_extra=UPLOAD_REQUEST,
     )
-    async def predict_upload(request: Request, top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5) -> dict[str, Any]:
+    async def predict_upload(
+        request: Request,
+        top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5,
+        model: Annotated[str | None, Query(description="The model; may be left out when only one is served.")] = None,
+        version: Annotated[int | None, Query(description="Its version; by default the highest available.")] = None,
+    ) -> dict[str, Any]:
         """Upload one or more images (multipart, any field name); get each one's top_k labels."""
+        name = chosen(model)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(415, "send images as multipart/form-data, e.g. curl -F file=@photo.jpg")
         limit = settings.max_images_per_request
@@ -242,26 +255,28 @@ def create_app(
                 raise ApiError(400, "no file in the upload; use e.g. curl -F file=@photo.jpg")
             images = [await upload.read() for upload in uploads]
             names = [upload.filename for upload in uploads]
-        with store.lease() as served:
-            rows = await scores_for(request, served, images, [name or f"file {i}" for i, name in enumerate(names)])
+        with manager.lease(name, version) as served:
+            files = [file or f"file {i}" for i, file in enumerate(names)]
+            rows = await scores_for(request, name, served, images, files)
             results = [
-                {"filename": name, "predictions": [r.__dict__ for r in served.model.rank(row, top_k)]}
-                for name, row in zip(names, rows, strict=True)
+                {"filename": file, "predictions": [r.__dict__ for r in served.model.rank(row, top_k)]}
+                for file, row in zip(names, rows, strict=True)
             ]
-            spec = model_spec(served)
+            spec = model_spec(name, served)
         return {**results[0], "model_spec": spec} if len(results) == 1 else {"results": results, "model_spec": spec}
 
     async def tf_serving_predict(
         name: str, request: Request, version: int | None = None, label: str | None = None
     ) -> dict[str, Any]:
         """TensorFlow Serving's predict: row (`instances`) or columnar (`inputs`) format, images as {"b64": ...}."""
-        check_name(name)
+        with manager.lease(name, version, label):  # a 404 before the body is read
+            pass
         body = await _json_body(request, settings.max_images_per_request)
         columnar = "inputs" in body
         images = _images_from(body, ("inputs",) if columnar else ("instances",), settings.max_images_per_request)
-        with lease(name, version, label) as served:
-            rows = await scores_for(request, served, images)
-            labels, spec = served.model.labels, model_spec(served)
+        with manager.lease(name, version, label) as served:
+            rows = await scores_for(request, name, served, images)
+            labels, spec = served.model.labels, model_spec(name, served)
         if columnar:
             outputs = {"scores": [row.tolist() for row in rows], "classes": [labels for _ in rows]}
             return {"outputs": outputs, "model_spec": spec}
@@ -271,13 +286,14 @@ def create_app(
         name: str, request: Request, version: int | None = None, label: str | None = None
     ) -> dict[str, Any]:
         """TensorFlow Serving's classify: {"examples": [...]} -> {"result": [[[label, score], ...]]}, best first."""
-        check_name(name)
+        with manager.lease(name, version, label):  # a 404 before the body is read
+            pass
         body = await _json_body(request, settings.max_images_per_request)
         images = _images_from(body, ("examples", "instances"), settings.max_images_per_request)
-        with lease(name, version, label) as served:
-            rows = await scores_for(request, served, images)
+        with manager.lease(name, version, label) as served:
+            rows = await scores_for(request, name, served, images)
             ranked = [served.model.rank(row, len(row)) for row in rows]
-            spec = model_spec(served)
+            spec = model_spec(name, served)
         return {"result": [[[r.label, r.score] for r in ranking] for ranking in ranked], "model_spec": spec}
 
     # TF Serving's paths: the available version, a version by number, or by label.
@@ -300,23 +316,32 @@ def create_app(
     @app.get("/v1/models/{name}", responses=errors(404, 503))
     async def tf_serving_status(name: str, version: int | None = None) -> dict[str, Any]:
         """TensorFlow Serving's model status: every version's state (a version asked for: its own)."""
-        check_name(name)
-        ok = {"error_code": "OK", "error_message": ""}
-        versions = [{"version": str(store.current.version), "state": "AVAILABLE", "status": ok}]
-        refused = store.refused
-        if refused is not None:  # TF Serving lists a version that failed to load as END with its error
-            failed = {"error_code": "INVALID_ARGUMENT", "error_message": refused.error}
-            versions.insert(0, {"version": str(refused.version or 0), "state": "END", "status": failed})
+        statuses = manager.status(name)
+        if not statuses:  # a model whose first version has not appeared yet
+            raise NoModelError(f"no model loaded yet: model {name!r} has no version yet")
         if version is not None:
-            versions = [entry for entry in versions if entry["version"] == str(version)]
-            if not versions:
+            statuses = [status for status in statuses if status.version == version]
+            if not statuses:
                 raise ApiError(404, f"model {name!r} has no version {version}")
-        return {"model_version_status": versions}
+        return {
+            "model_version_status": [
+                {
+                    "version": str(status.version),
+                    "state": status.state,
+                    # TF Serving's status of a version that failed to load: END with its error
+                    "status": {
+                        "error_code": "INVALID_ARGUMENT" if status.error else "OK",
+                        "error_message": status.error,
+                    },
+                }
+                for status in statuses
+            ]
+        }
 
     @app.get("/v1/models/{name}/metadata", responses=errors(404, 503))
     async def tf_serving_metadata(name: str, version: int | None = None) -> dict[str, Any]:
         """TensorFlow Serving's metadata: the signature, plus the labels and the export's model.json."""
-        with lease(name, version) as served:
+        with manager.lease(name, version) as served:
             model = served.model
         count = len(model.labels)
         signature = {
@@ -339,10 +364,11 @@ def create_app(
         route = f"/v1/models/{{name}}/versions/{{version}}{path}"
         app.add_api_route(route, handler, methods=["GET"], operation_id=operation, responses=errors(404, 503))
 
-    @app.get("/labels", response_model=Labels, responses=errors(503))
-    async def labels() -> dict[str, Any]:
-        """The labels the current model answers with, in score order."""
-        return {"labels": store.current.labels}
+    @app.get("/labels", response_model=Labels, responses=errors(400, 404, 503))
+    async def labels(model: str | None = None, version: int | None = None) -> dict[str, Any]:
+        """The labels a model answers with, in score order (the only model's when none is named)."""
+        with manager.lease(chosen(model), version) as served:
+            return {"labels": served.model.labels}
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict[str, Any]:
@@ -351,18 +377,20 @@ def create_app(
 
     @app.get("/readyz", response_model=Readiness, response_model_exclude_none=True, responses=errors(503))
     async def readyz() -> dict[str, Any]:
-        """Readiness: a model is loaded and has passed its start-up inference (503 while none has)."""
-        model = store.current
-        answer = {
-            "status": "ready",
-            "model": model.directory.name,
-            "version": model.version,
-            "labels": len(model.labels),
-        }
-        refused = store.refused
-        if refused is not None:
-            answer["refused"] = {"export": refused.directory.name, "version": refused.version, "error": refused.error}
-        return answer
+        """Readiness: a model is loaded and has passed its start-up inference (503 while none has).
+        Lists the version of each model that answers requests naming none, and refused versions."""
+        if not manager.ready:
+            raise NoModelError(f"no model loaded yet: waiting for one in {printable(manager.catalog.describe())}")
+        models = [
+            {"name": name, "version": versions[0].model.version, "export": str(versions[0].model.directory),
+             "labels": len(versions[0].model.labels)}
+            for name, versions in manager.available().items()
+        ]  # fmt: skip
+        refused = [
+            {"name": r.model, "version": r.version, "export": str(r.directory), "error": r.error}
+            for r in manager.refusals()
+        ]
+        return {"status": "ready", "models": models, "refused": refused}
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {metrics.content_type: {}}}})
     async def prometheus_metrics() -> Response:
@@ -372,7 +400,7 @@ def create_app(
 
     for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # monitors that probe with HEAD
         app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
-    app.include_router(page_routes(store, settings.model_name))
+    app.include_router(page_routes(manager))
     app.include_router(docs_routes(app.title))
     return app
 

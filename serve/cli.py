@@ -1,12 +1,14 @@
 """`serve` command line: run the HTTP server, or answer label queries for files with `predict`.
 
-    serve --model_dir models/latest                          # HTTP on 0.0.0.0:8501
-    serve --model_dir models/latest predict a.jpg b.png --top_k 3
-    serve --model_dir /models/latest --wait_for_model       # a container started before any export
+    serve                                           # every model in models/, HTTP on 0.0.0.0:8501
+    serve predict a.jpg b.png --top_k 3             # the only model (or --model_name N [--version V])
+    serve --model_name digits --model_base_path /models/digits     # one model, TF Serving's way
+    serve --model_config_file models.config         # TF Serving's model_config_list
+    serve --model_dir models/digits/3               # one export folder
+    serve --models_dir /models --wait_for_model     # a container started before any export
 
 Exit codes: 0 ok, 2 bad usage, model directory or input file (one line on stderr), 1 internal failure.
-With --wait_for_model a missing or broken model directory is no start-up failure: the server answers
-503 until an export loads there.
+With --wait_for_model no model to serve is no start-up failure: the server answers 503 until one loads.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
 import numpy as np
 
 from serve.model_info import ModelDirError
+from serve.models import MODEL_NAME
+from serve.models.config import ModelConfig, ModelConfigError
+from serve.models.repository import BasePaths, Catalog, ConfigFile, ModelsDir, SingleExport
 from serve.preprocess import ImageDecodeError, preprocess
+from serve.text import printable
 
 log = logging.getLogger("serve")
 
@@ -35,18 +40,39 @@ class ServeError(Exception):
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--model_dir",
-    default="models/latest",
+    "--models_dir",
+    default="models",
     show_default=True,
+    envvar="SERVE_MODELS_DIR",
+    show_envvar=True,
+    help="Serve every model in this folder: <models_dir>/<name>/<version>/, as retrain exports them.",
+)
+@click.option(
+    "--model_name",
+    help="With --models_dir: serve only this model. With --model_base_path: its name [default: the folder's]. "
+    "With --model_dir: its name [default: retrained].",
+)
+@click.option(
+    "--model_base_path",
+    help="Serve one model whose numbered version folders are here (TF Serving's flag; with --model_name).",
+)
+@click.option(
+    "--model_config_file",
+    envvar="SERVE_MODEL_CONFIG_FILE",
+    show_envvar=True,
+    help="TF Serving's model_config_list text file: names, base paths, version policies and labels; "
+    "read again when it changes and on SIGHUP.",
+)
+@click.option(
+    "--model_dir",
     envvar="SERVE_MODEL_DIR",
     show_envvar=True,
-    help="A retrain export (or a link to one).",
+    help="Serve one retrain export folder (or a link to one, followed when it moves).",
 )
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option(
     "--port", default=8501, show_default=True, envvar="SERVE_PORT", show_envvar=True, type=click.IntRange(0, 65535)
 )
-@click.option("--model_name", default="retrained", show_default=True, help="The name in /v1/models/<name> paths.")
 @click.option(
     "--workers",
     default=os.cpu_count() or 1,
@@ -127,20 +153,27 @@ class ServeError(Exception):
     default=2.0,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="How often to look for a new export in --model_dir (0: only on SIGHUP).",
+    help="How often to look for new, changed and removed models and versions (0: only on SIGHUP).",
+)
+@click.option(
+    "--share_backbones/--no_share_backbones",
+    default=True,
+    show_default=True,
+    help="Run one backbone for all models exported on it (each adds only its head), or each model.tflite whole.",
 )
 @click.option(
     "--wait_for_model",
     is_flag=True,
     envvar="SERVE_WAIT_FOR_MODEL",
     show_envvar=True,
-    help="If --model_dir is missing or broken, start anyway (503 until an export loads) instead of exiting 2.",
+    help="If there is no model to serve yet, start anyway (503 until one loads) instead of exiting 2.",
 )
 @click.option("--log_format", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:
     """Serve a model exported by retrain: image in, labels ranked by confidence out."""
     _configure_logging(options["log_format"])
+    options["catalog"] = _catalog(ctx, options)
     ctx.obj = options
     if ctx.invoked_subcommand is None:
         _run_server(**options)
@@ -149,13 +182,19 @@ def main(ctx: click.Context, **options) -> None:
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--top_k", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+@click.option("--model_name", "name", help="The model to ask  [default: the only one]")
+@click.option("--version", type=click.IntRange(min=0), help="Its version  [default: the one serve would answer with]")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image, with the model and version.")
 @click.pass_obj
-def predict(options: dict, images: tuple[Path, ...], top_k: int, as_json: bool) -> None:
+def predict(
+    options: dict, images: tuple[Path, ...], top_k: int, name: str | None, version: int | None, as_json: bool
+) -> None:
     """Print the top_k labels of each image file."""
     from serve.runtime import load_model
 
-    model = _load(lambda: load_model(options["model_dir"], workers=1, threads_per_worker=options["threads_per_worker"]))
+    name, folder = _version_folder(options["catalog"], name, version)
+    model = _load(lambda: load_model(folder, workers=1, threads_per_worker=options["threads_per_worker"]))
+    spec = {"name": name, "version": str(model.version)}
     failed = 0
     for path in images:
         try:
@@ -166,7 +205,7 @@ def predict(options: dict, images: tuple[Path, ...], top_k: int, as_json: bool) 
             continue
         ranked = model.rank(model.runners[0].scores(pixels[np.newaxis])[0], top_k)
         if as_json:
-            print(json.dumps({"file": str(path), "predictions": [r.__dict__ for r in ranked]}))
+            print(json.dumps({"file": str(path), "predictions": [r.__dict__ for r in ranked], "model_spec": spec}))
         else:
             print(f"{path}: " + ", ".join(f"{r.label} ({r.score:.3f})" for r in ranked))
     if failed:
@@ -177,41 +216,32 @@ def _run_server(**options) -> None:
     import uvicorn
 
     from serve.app import ServeSettings, create_app
-    from serve.batcher import MicroBatcher
     from serve.connections import header_timeout_protocol
     from serve.memory import map_large_buffers
     from serve.metrics import ServeMetrics
-    from serve.runtime import load_model
-    from serve.store import ModelStore, ServedModel
+    from serve.models.loader import Batching, Loader
+    from serve.models.manager import ModelManager
 
     map_large_buffers()  # before anything large is allocated: the decoding budget then bounds RSS
-    name = options["model_name"]
     metrics = ServeMetrics()
-    batch_sizes = metrics.batch_size.labels(name)
-
-    def load(model_dir: Path) -> ServedModel:
-        started = time.perf_counter()
-        try:
-            model = load_model(model_dir, options["workers"], options["threads_per_worker"])
-        except ModelDirError:
-            metrics.loaded(name, time.perf_counter() - started, ok=False)
-            raise
-        metrics.loaded(name, time.perf_counter() - started, ok=True)
-        batcher = MicroBatcher(
-            model.runners, options["max_batch_size"], options["batch_timeout_ms"] / 1000, on_batch=batch_sizes.observe
-        )
-        metrics.serving(name, model.version)  # the store swaps it in next
-        return ServedModel(model, batcher)
-
-    store = _load(lambda: ModelStore(options["model_dir"], load, wait=options["wait_for_model"]))
-    if store.loaded:
-        log.warning(
-            "serving %s (%d labels) as %r", store.current.directory, len(store.current.labels), options["model_name"]
-        )
-    store.watch(options["poll_seconds"])
-    signal.signal(signal.SIGHUP, lambda *_: store.request_reload())
+    batching = Batching(
+        options["workers"], options["threads_per_worker"], options["max_batch_size"], options["batch_timeout_ms"] / 1000
+    )
+    loader = Loader(batching, metrics, share_backbones=options["share_backbones"])
+    catalog: Catalog = options["catalog"]
+    manager = ModelManager(catalog, loader, on_change=metrics.serving)
+    manager.reconcile(quiet=True)  # the refusals are reported below, once
+    refusals = manager.refusals()
+    if manager.ready:
+        for refusal in refusals:
+            log.error("model %s version %d refused: %s", refusal.model, refusal.version, refusal.error)
+    elif options["wait_for_model"]:
+        log.warning("no model to serve yet (%s); waiting for one", _why_none(catalog, refusals))
+    else:
+        raise ServeError(_why_none(catalog, refusals))
+    manager.watch(options["poll_seconds"])
+    signal.signal(signal.SIGHUP, lambda *_: manager.request_reload())
     settings = ServeSettings(
-        model_name=options["model_name"],
         max_request_bytes=options["max_request_bytes"],
         max_image_pixels=options["max_image_pixels"],
         max_images_per_request=options["max_images_per_request"],
@@ -223,7 +253,7 @@ def _run_server(**options) -> None:
     )
     try:
         uvicorn.run(
-            create_app(store, settings, metrics),
+            create_app(manager, settings, metrics),
             host=options["host"],
             port=options["port"],
             http=header_timeout_protocol(options["header_timeout_seconds"]),
@@ -231,7 +261,92 @@ def _run_server(**options) -> None:
             access_log=False,
         )
     finally:
-        store.close()
+        manager.close()
+
+
+MODES = ("model_config_file", "model_base_path", "model_dir", "models_dir")
+
+
+def _catalog(ctx: click.Context, options: dict) -> Catalog:
+    """Where the models come from: the one mode given on the command line, else in the environment,
+    else --models_dir's default. Two at once is a usage error."""
+    sources = {mode: ctx.get_parameter_source(mode) for mode in MODES if options[mode]}
+    for given in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+        modes = [mode for mode, source in sources.items() if source == given]
+        if len(modes) > 1:
+            raise click.UsageError(f"give one of --{modes[0]} and --{modes[1]}, not both")
+        if modes:
+            break
+    else:
+        modes = ["models_dir"]
+    mode, name = modes[0], options["model_name"]
+    if name is not None and not MODEL_NAME.fullmatch(name):
+        raise click.UsageError(f"--model_name {printable(name)!r} is not a model name (letters, digits, '-', '_', '.')")
+    if mode == "model_config_file":
+        if name is not None:
+            raise click.UsageError("--model_name names no model of --model_config_file; the file names them")
+        return ConfigFile(Path(options[mode]))
+    if mode == "model_base_path":
+        base = Path(options[mode]).expanduser().absolute()
+        return BasePaths([ModelConfig(name or _folder_name(base), base)])
+    if mode == "model_dir":
+        return SingleExport(Path(options[mode]).expanduser(), name or "retrained")
+    return ModelsDir(Path(options[mode]).expanduser(), only=name)
+
+
+def _folder_name(base: Path) -> str:
+    if not MODEL_NAME.fullmatch(base.name):
+        raise click.UsageError(f"name the model of --model_base_path {printable(base)} with --model_name")
+    return base.name
+
+
+def _version_folder(catalog: Catalog, name: str | None, version: int | None) -> tuple[str, Path]:
+    """The model and version folder `serve predict` asks: as the server would answer a request naming them."""
+    try:
+        configs = catalog.models()
+    except ModelConfigError as e:
+        raise ServeError(str(e)) from e
+    names = [config.name for config in configs]
+    if name is None and len(configs) == 1:
+        (config,) = configs
+    elif name is None:
+        if not configs:
+            raise ServeError(f"no model in {catalog.describe()}: {_how_to_get_one(catalog)}")
+        raise ServeError(
+            f"{catalog.describe()} has {len(configs)} models; name one with --model_name: {', '.join(names)}"
+        )
+    elif name in names:
+        config = configs[names.index(name)]
+    else:
+        raise ServeError(f"no model {printable(name)!r} in {catalog.describe()}; there: {', '.join(names) or 'none'}")
+    folders = catalog.versions(config)
+    if version is not None:
+        if version not in folders:
+            found = ", ".join(map(str, sorted(folders))) or "none"
+            raise ServeError(f"model {config.name!r} has no version {version} (versions: {found})")
+        return config.name, folders[version]
+    chosen = config.policy.choose(folders)
+    if not chosen:
+        raise ServeError(f"model {config.name!r} has no version in {config.base_path}")
+    return config.name, folders[max(chosen)]
+
+
+def _how_to_get_one(catalog: Catalog) -> str:
+    if isinstance(catalog, ModelsDir):
+        return "train one first (retrain --image_dir <folder of labelled folders>), or start with --wait_for_model"
+    return "start with --wait_for_model to wait for one"
+
+
+def _why_none(catalog: Catalog, refusals: list) -> str:
+    """Why a server has no model to serve, in one line: the first refusal, or what is missing."""
+    if refusals:
+        extra = f" (and {len(refusals) - 1} more refused)" if len(refusals) > 1 else ""
+        return refusals[0].error + extra
+    if isinstance(catalog, SingleExport) and not catalog.directory.is_dir():
+        return f"--model_dir {printable(catalog.directory)} is not a directory"
+    if isinstance(catalog, ModelsDir):
+        return f"no model in --models_dir {printable(catalog.describe())}: {_how_to_get_one(catalog)}"
+    return f"no model version in {printable(catalog.describe())}: {_how_to_get_one(catalog)}"
 
 
 def _names(listed: str) -> tuple[str, ...]:

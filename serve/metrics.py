@@ -37,8 +37,9 @@ class ServeMetrics:
         )
         self.batch_size = Histogram(
             "serve_batch_size",
-            "Images per interpreter call (micro-batching), by model.",
-            ["model"],
+            "Images per interpreter call (micro-batching), by runner: a model's own model.tflite, or a "
+            "backbone shared by several models (backbone-<digest prefix>).",
+            ["runner"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
@@ -61,6 +62,7 @@ class ServeMetrics:
             ["model", "version"],
             registry=self.registry,
         )
+        self._available: set[tuple[str, str]] = set()  # the label pairs of `versions` set now
 
     def request(self, model: str, version: str, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(model, version, endpoint, method, str(status)).inc()
@@ -70,11 +72,15 @@ class ServeMetrics:
         self.loads.labels(model, "loaded" if ok else "refused").inc()
         self.load_seconds.labels(model).observe(seconds)
 
-    def serving(self, model: str, version: int | None) -> None:
-        """`version` of `model` is now the one available (None: none is)."""
-        self.versions.clear()
-        if version is not None:
-            self.versions.labels(model, str(version)).set(1)
+    def serving(self, model: str, versions: list[int]) -> None:
+        """`versions` of `model` are now the ones available (none: the model is not served)."""
+        for labels in [labels for labels in self._available if labels[0] == model]:
+            self.versions.remove(*labels)
+            self._available.discard(labels)
+        for version in versions:
+            labels = (model, str(version))
+            self.versions.labels(*labels).set(1)
+            self._available.add(labels)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

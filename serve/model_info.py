@@ -7,6 +7,7 @@ retrain records (metrics, flags, counts, library versions) rides along in `detai
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,38 @@ REPORT_PLOTS = {
     CONFUSION_MATRIX_PNG: "Confusion matrix of the held-out images",
     TRAINING_CURVES_PNG: "Training curves: accuracy and cross entropy by step",
 }
+SHARED_BACKBONE = "shared_backbone"  # model.json's key of a SharedBackbone
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class ModelDirError(ValueError):
     """The directory is not a usable retrain export."""
+
+
+@dataclass(frozen=True)
+class SharedBackbone:
+    """model.json's `shared_backbone`, written when model.tflite is a backbone with a head appended:
+    the head is its last `head_operators` operators, and `digest` names the rest as
+    `serve.models.split.split_export` cuts it out. Exports with one digest can share one backbone; a
+    server recomputes the digest from model.tflite rather than trust this one."""
+
+    digest: str  # "sha256:<64 hex>"
+    head_operators: int
+
+    def to_json(self) -> dict:
+        return {"digest": self.digest, "head_operators": self.head_operators}
+
+    @classmethod
+    def from_json(cls, data: object) -> SharedBackbone:
+        """The entry, checked; ValueError saying what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object with digest and head_operators, not {type(data).__name__}")
+        digest, operators = data.get("digest"), data.get("head_operators")
+        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+            raise ValueError(f"digest {printable(str(digest))[:80]!r} is not sha256:<64 lowercase hex digits>")
+        if not isinstance(operators, int) or isinstance(operators, bool) or operators < 1:
+            raise ValueError(f"head_operators {printable(str(operators))[:80]!r} is not a positive integer")
+        return cls(digest, operators)
 
 
 @dataclass(frozen=True)
@@ -40,6 +69,12 @@ class ModelInfo:
     preprocessing_version: int = PREPROCESSING_VERSION
     details: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=lambda: {"tflite": TFLITE_FILE, "labels": LABELS_TXT})
+
+    @property
+    def shared_backbone(self) -> SharedBackbone | None:
+        """The backbone this export can share with others (None for an export without the entry: an
+        older one, or one whose model.tflite TensorFlow converted whole); ModelDirError if malformed."""
+        return _shared_backbone(self.details, MODEL_JSON)
 
     def to_json(self) -> dict:
         return {
@@ -87,8 +122,18 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
         )
     if len(info.labels) < 2:
         raise ModelDirError(f"{path} lists fewer than two labels")
+    _shared_backbone(info.details, path)  # a malformed entry is refused with the rest of the file
     _check_labels(Path(model_dir), info)
     return info
+
+
+def _shared_backbone(details: dict, where: str | Path) -> SharedBackbone | None:
+    if SHARED_BACKBONE not in details:
+        return None
+    try:
+        return SharedBackbone.from_json(details[SHARED_BACKBONE])
+    except ValueError as e:
+        raise ModelDirError(f"{where} has a malformed {SHARED_BACKBONE}: {e}") from e
 
 
 def _check_labels(model_dir: Path, info: ModelInfo) -> None:

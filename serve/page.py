@@ -2,8 +2,10 @@
 
     GET /                        the page (serve/web/index.html)
     GET /web/{app.js,style.css}  its script and style; the page loads nothing from any other host
-    GET /model                   labels, backbone, when it was trained, test accuracy, report plots
-    GET /model/plots/{name}      a report plot of the current export: only the names in REPORT_PLOTS
+    GET /models                  every model served: its versions and their states
+    GET /model?model=&version=   one version's card: labels, backbone, when it was trained, test
+                                 accuracy, report plots (the only model's highest version by default)
+    GET /model/plots/{name}      a report plot of that version: only the names in REPORT_PLOTS
 
 The page asks `POST /predict` like any API client and fetches `/model` again after each answer,
 so a reloaded model's labels show up on the next query without reloading the page. While serve
@@ -22,7 +24,8 @@ from starlette.exceptions import HTTPException
 
 from serve.api_schema import errors
 from serve.model_info import REPORT_PLOTS
-from serve.store import ModelStore
+from serve.models.manager import ModelManager, ModelNotFoundError, NoModelError
+from serve.text import printable
 
 ASSETS = {
     "index.html": "text/html; charset=utf-8",
@@ -38,11 +41,26 @@ class Plot(BaseModel):
     url: str
 
 
+class VersionState(BaseModel):
+    version: int
+    state: str  # TF Serving's: LOADING, AVAILABLE, UNLOADING, END
+    error: str = ""
+
+
+class ModelVersions(BaseModel):
+    name: str
+    versions: list[VersionState]  # the newest first
+
+
+class ModelList(BaseModel):
+    models: list[ModelVersions]
+
+
 class ModelSummary(BaseModel):
-    """What a person wants to know about the model before trusting its answers."""
+    """What a person wants to know about a model version before trusting its answers."""
 
     name: str
-    export: str  # the export folder's name, e.g. 20261122-001912
+    export: str  # the export folder's name: its version number in retrain's layout
     version: int
     labels: list[str]
     backbone: str
@@ -53,7 +71,7 @@ class ModelSummary(BaseModel):
     plots: list[Plot]
 
 
-def page_routes(store: ModelStore, model_name: str) -> APIRouter:
+def page_routes(manager: ModelManager) -> APIRouter:
     """Routes for the page and its model panel; the assets are read once, so a broken install fails at start."""
     web = resources.files("serve").joinpath("web")
     assets = {name: web.joinpath(name).read_bytes() for name in ASSETS}
@@ -69,10 +87,33 @@ def page_routes(store: ModelStore, model_name: str) -> APIRouter:
             raise HTTPException(404, f"no page asset {name!r}")
         return Response(assets[name], media_type=ASSETS[name], headers=NO_CACHE)
 
-    @router.get("/model", response_model=ModelSummary, responses=errors(503))
-    async def model_summary() -> ModelSummary:
-        """The current model: labels, backbone, training time, test accuracy and the report plots it has."""
-        model = store.current
+    def chosen(name: str | None) -> str:
+        if name is not None:
+            return name
+        names = manager.names()
+        if not names:
+            raise NoModelError(f"no model loaded yet: waiting for one in {printable(manager.catalog.describe())}")
+        return names[0]
+
+    @router.get("/models", response_model=ModelList)
+    async def models() -> ModelList:
+        """Every model served, with its versions and their states (the page's model and version picker)."""
+        listed = []
+        for name in manager.names():
+            try:
+                versions = [VersionState(**status.__dict__) for status in manager.status(name)]
+            except ModelNotFoundError:  # unloaded between the two calls
+                continue
+            listed.append(ModelVersions(name=name, versions=versions))
+        return ModelList(models=listed)
+
+    @router.get("/model", response_model=ModelSummary, responses=errors(404, 503))
+    async def model_summary(model: str | None = None, version: int | None = None) -> ModelSummary:
+        """A model version's card: labels, backbone, training time, test accuracy and the report plots it
+        has. By default the first model's highest available version."""
+        name = chosen(model)
+        with manager.lease(name, version) as served:
+            model = served.model
         details = model.info.details
         metrics = details.get("metrics") if isinstance(details.get("metrics"), dict) else {}
         created = details.get("created")
@@ -84,14 +125,14 @@ def page_routes(store: ModelStore, model_name: str) -> APIRouter:
                 f"{validation['accuracy'] * 100:.1f}% by {validation.get('method', '')} cross-validation "
                 f"over {validation.get('images', '?')} images (too few for a test split)"
             )
-        tag = quote(f"{model.directory.name}-{model.version}")  # a new export gets new plot URLs
+        where = f"model={quote(name)}&version={model.version}"  # a new version gets new plot URLs
         plots = [
-            Plot(name=name, title=title, url=f"/model/plots/{name}?v={tag}")
-            for name, title in REPORT_PLOTS.items()
-            if (model.directory / name).is_file()
+            Plot(name=plot, title=title, url=f"/model/plots/{plot}?{where}")
+            for plot, title in REPORT_PLOTS.items()
+            if (model.directory / plot).is_file()
         ]
         return ModelSummary(
-            name=model_name,
+            name=name,
             export=model.directory.name,
             version=model.version,
             labels=model.labels,
@@ -104,9 +145,10 @@ def page_routes(store: ModelStore, model_name: str) -> APIRouter:
         )
 
     @router.get("/model/plots/{name}", response_class=FileResponse, responses=errors(404, 503))
-    async def report_plot(name: str) -> FileResponse:
-        """A report plot next to the current model.json (confusion_matrix.png, training_curves.png); 404 otherwise."""
-        path = store.current.directory / name
+    async def report_plot(name: str, model: str | None = None, version: int | None = None) -> FileResponse:
+        """A report plot next to a version's model.json (confusion_matrix.png, training_curves.png); 404 otherwise."""
+        with manager.lease(chosen(model), version) as served:
+            path = served.model.directory / name
         if name not in REPORT_PLOTS or not path.is_file():
             raise HTTPException(404, f"this model has no report plot {name!r}")
         return FileResponse(path, media_type="image/png", headers=NO_CACHE)

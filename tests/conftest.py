@@ -255,6 +255,7 @@ class Models:
         """A new export copied from the original, optionally changed by `edit`."""
         target = self.root / name
         shutil.copytree(self.original, target)
+        os.utime(target / "model.json")  # written now, as retrain writes a new export: a new version number
         if edit:
             edit(target)
         return target

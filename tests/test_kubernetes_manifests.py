@@ -459,17 +459,19 @@ def test_the_entrypoint_check_can_fail() -> None:
 
 @pytest.fixture(scope="module")
 def serve_app():
-    """The real FastAPI app, with no model loaded (a store waiting for one)."""
+    """The real FastAPI app, with no model loaded (a manager waiting for one)."""
     from serve.app import create_app
     from serve.model_info import ModelDirError
-    from serve.store import ModelStore
+    from serve.models.manager import ModelManager
+    from serve.models.repository import ModelsDir
 
-    def no_model(path: Path):
+    def no_model(name: str, version: int, path: Path):
         raise ModelDirError(f"{path} has no export yet")
 
-    store = ModelStore(Path("/nonexistent/models/latest"), no_model, wait=True)
-    yield create_app(store)
-    store.close()
+    manager = ModelManager(ModelsDir(Path("/nonexistent/models")), no_model)
+    manager.reconcile()
+    yield create_app(manager)
+    manager.close()
 
 
 def serve_container(deployment: dict) -> dict:

@@ -157,16 +157,11 @@ from pathlib import Path
 
 import httpx
 
-import serve.app, serve.batcher, serve.cli, serve.runtime, serve.store
+import serve.app, serve.batcher, serve.cli, serve.runtime, serve.models.manager, serve.models.loader
 from serve.app import create_app
-from serve.batcher import MicroBatcher
-from serve.runtime import load_model
-from serve.store import ModelStore, ServedModel
-
-
-def load(directory):
-    model = load_model(directory)
-    return ServedModel(model, MicroBatcher(model.runners))
+from serve.models.loader import Batching, Loader
+from serve.models.manager import ModelManager
+from serve.models.repository import SingleExport
 
 
 async def ask(app, image):
@@ -174,9 +169,10 @@ async def ask(app, image):
         return (await client.post("/predict", files={"file": ("x.png", image)})).json()
 
 
-store = ModelStore(sys.argv[1], load)
-body = asyncio.run(ask(create_app(store), Path(sys.argv[2]).read_bytes()))
-store.close()
+manager = ModelManager(SingleExport(Path(sys.argv[1]), "retrained"), Loader(Batching()))
+manager.reconcile()
+body = asyncio.run(ask(create_app(manager), Path(sys.argv[2]).read_bytes()))
+manager.close()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "torch"))
 print(json.dumps({"top1": body["predictions"][0]["label"], "heavy": heavy}))
 """
@@ -277,7 +273,7 @@ def test_tf_serving_predict_formats_give_the_upload_scores(server: Server, split
 
 def client_version(server: Server) -> int:
     with server.client() as client:
-        return client.get("/readyz").json()["version"]
+        return client.get("/readyz").json()["models"][0]["version"]
 
 
 def test_versions_and_labels_in_the_path_reach_the_available_version_or_404(server: Server, split: Split) -> None:
@@ -323,7 +319,7 @@ def test_model_status_and_metadata(server: Server, export: Path, split: Split) -
     with server.client() as client:
         status = client.get(f"/v1/models/{MODEL}").json()
         metadata = client.get(f"/v1/models/{MODEL}/metadata").json()
-        version = client.get("/readyz").json()["version"]
+        version = client.get("/readyz").json()["models"][0]["version"]
     (model_status,) = status["model_version_status"]
     assert model_status["state"] == "AVAILABLE" and model_status["version"] == str(version)
     assert model_status["status"]["error_code"] == "OK"
@@ -342,9 +338,15 @@ def test_health_readiness_and_labels(server: Server, export: Path) -> None:
     assert health.json() == {"status": "ok"}
     assert ready.json() == {
         "status": "ready",
-        "model": export.resolve().name,  # the export's folder, not the server's file layout
-        "version": int(export.name),  # <models_dir>/digits/1: TF Serving's version number
-        "labels": 10,
+        "models": [
+            {
+                "name": MODEL,
+                "version": int(export.name),  # <models_dir>/digits/1: TF Serving's version number
+                "export": str(export.resolve()),  # the export's folder, not a link to it
+                "labels": 10,
+            }
+        ],
+        "refused": [],
     }
     assert labels.json() == {"labels": (export / "labels.txt").read_text().split()}
 
@@ -592,31 +594,34 @@ def test_concurrent_http_requests_share_interpreter_calls(export: Path, split: S
     """32 requests at once through the app (middlewares, preprocessing, batcher): fewer than 32 calls."""
     from serve.app import create_app
     from serve.batcher import MicroBatcher
+    from serve.models.manager import ModelManager
+    from serve.models.repository import SingleExport
+    from serve.models.servable import ServedModel
     from serve.runtime import load_model
-    from serve.store import ModelStore, ServedModel
 
     probes = []
 
-    def load(directory: Path) -> ServedModel:
+    def load(name: str, version: int, directory: Path) -> ServedModel:
         model = load_model(directory, workers=1)
         probes.append(ConcurrencyProbe(model.runners, hold_seconds=0))
         return ServedModel(model, MicroBatcher(model.runners, max_batch_size=16, max_wait=0.005))
 
-    store = ModelStore(export, load)
+    manager = ModelManager(SingleExport(export, MODEL), load)
+    manager.reconcile()
     indices = [i % len(split.paths) for i in range(32)]
 
     async def send_all() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=create_app(store))
+        transport = httpx.ASGITransport(app=create_app(manager))
         async with httpx.AsyncClient(transport=transport, base_url="http://serve", timeout=TIMEOUT) as client:
             body = [{"instances": [{"b64": b64(split.image(i))}]} for i in indices]
             return await asyncio.gather(*(client.post(TF_PREDICT, json=b) for b in body))
 
     try:
         responses = asyncio.run(send_all())
-        with store.lease() as served:
+        with manager.lease(MODEL) as served:
             batches = served.batcher.batches
     finally:
-        store.close()
+        manager.close()
     assert [r.status_code for r in responses] == [200] * 32
     top1 = [split.labels[int(np.argmax(r.json()["predictions"][0]["scores"]))] for r in responses]
     assert top1 == [split.expected(i) for i in indices]
@@ -752,21 +757,28 @@ def big_digit(export: Path, split: Split) -> tuple[bytes, str]:
 
 
 def _ready(server: Server) -> dict:
+    """/readyz of a one-model server, flat: the export folder's name, version, labels, and the first refusal."""
     with server.client() as client:
-        return client.get("/readyz").json()
+        ready = client.get("/readyz").json()
+    (model,) = ready["models"]
+    flat = {"model": Path(model["export"]).name, "version": model["version"], "labels": model["labels"]}
+    if ready["refused"]:
+        refused = ready["refused"][0]
+        flat["refused"] = {"export": Path(refused["export"]).name, "version": refused["version"], "error": refused["error"]}
+    return flat
 
 
 def _sighup_and_wait(server: Server, traffic: Traffic) -> None:
-    """One SIGHUP; returns once the log says it reloaded and a few requests were answered after it."""
-    reloads = server.log().count("reloaded: now serving")
+    """One SIGHUP; returns once the log says it looked again and a few requests were answered after it."""
+    passes = server.log().count("SIGHUP: looking for models")
     server.process.send_signal(signal.SIGHUP)
-    wait_for(lambda: server.log().count("reloaded: now serving") > reloads, "the SIGHUP reload")
+    wait_for(lambda: server.log().count("SIGHUP: looking for models") > passes, "the SIGHUP pass")
     seen = len(traffic.answers)
-    wait_for(lambda: len(traffic.answers) >= seen + 4, "answers after the reload")
+    wait_for(lambda: len(traffic.answers) >= seen + 4, "answers after the pass")
 
 
 def test_sighup_reloads_and_keeps_serving(reload_server: Server, big_digit: tuple[bytes, str]) -> None:
-    """Three SIGHUPs under traffic: each reloads, no request fails, the same export keeps serving."""
+    """Three SIGHUPs under traffic: each looks again, no request fails, the same export keeps serving."""
     image, digit = big_digit
     before = _ready(reload_server)
     with Traffic(reload_server, image, "sighup") as traffic:
@@ -833,7 +845,7 @@ def test_a_broken_export_behind_latest_is_refused(
     broken = models.add(f"broken-{time.monotonic_ns()}", breakage)
     with Traffic(reload_server, big_digit[0], broken.name) as traffic:
         models.point_latest_at(broken)
-        refusal = re.compile(rf"reload refused, still serving \S*/{re.escape(before['model'])}: .*{re.escape(message)}")
+        refusal = re.compile(rf"model {MODEL} version \d+ refused, still serving {before['version']}: .*{re.escape(message)}")
         wait_for(lambda: refusal.search(reload_server.log()), "the refusal in the log", 60)
         seen = len(traffic.answers)
         wait_for(lambda: len(traffic.answers) >= seen + 6, "answers after the refusal")
@@ -846,11 +858,12 @@ def test_a_broken_export_behind_latest_is_refused(
     with reload_server.client() as client:
         assert client.get("/labels").json()["labels"] == labels_before
         status = client.get(f"/v1/models/{MODEL}").json()["model_version_status"]
-    assert [(v["state"], v["status"]["error_code"]) for v in status] == [
-        ("END", "INVALID_ARGUMENT"),
-        ("AVAILABLE", "OK"),
-    ]
-    assert message in status[0]["status"]["error_message"] and status[1]["version"] == str(before["version"])
+    states = {v["version"]: (v["state"], v["status"]["error_code"]) for v in status}
+    assert states[str(refused["version"])] == ("END", "INVALID_ARGUMENT")
+    assert [v for v, state in states.items() if state[0] != "END"] == [str(before["version"])]
+    assert states[str(before["version"])] == ("AVAILABLE", "OK")  # earlier exports: END, OK (unloaded)
+    (failed,) = [v for v in status if v["status"]["error_code"] != "OK"]
+    assert message in failed["status"]["error_message"]
     assert str(broken.resolve()) in reload_server.log()
     traffic.assert_one_log_line_each()
 
@@ -910,8 +923,8 @@ def free_port() -> int:
 def _startup_case(case: str, export: Path, tmp_path: Path) -> tuple[list[str], str]:
     if case == "no-such-dir":
         return ["--model_dir", str(tmp_path / "nope")], "is not a directory"
-    if case == "no-flag-and-no-models-latest":
-        return [], "models/latest is not a directory"
+    if case == "no-flag-and-no-models":
+        return [], "no model in --models_dir models: train one first"
     if case == "no-model-json":
         (tmp_path / "half").mkdir()
         shutil.copy(export / "model.tflite", tmp_path / "half" / "model.tflite")
@@ -925,7 +938,7 @@ def _startup_case(case: str, export: Path, tmp_path: Path) -> tuple[list[str], s
 
 
 @pytest.mark.parametrize(
-    "case", ["no-such-dir", "no-flag-and-no-models-latest", "no-model-json", "corrupt-model-tflite"]
+    "case", ["no-such-dir", "no-flag-and-no-models", "no-model-json", "corrupt-model-tflite"]
 )
 def test_start_up_failure_is_one_line_and_exit_2(case: str, export: Path, tmp_path: Path) -> None:
     args, message = _startup_case(case, export, tmp_path)
@@ -1000,6 +1013,11 @@ def _assert_waiting(server: Server, retry_after: str) -> None:
             "/model": client.get("/model"),
             "plot": client.get("/model/plots/confusion_matrix.png"),
         }
+    status = answers.pop("status")  # TF Serving's model status: 503 until a version is known, then its states
+    if status.status_code == 200:
+        assert {v["state"] for v in status.json()["model_version_status"]} == {"END"}
+    else:
+        answers["status"] = status
     for name, response in answers.items():
         assert (name, response.status_code, response.headers.get("retry-after")) == (name, 503, retry_after)
         assert response.headers["content-type"].startswith("application/json"), name
@@ -1023,13 +1041,13 @@ def test_wait_for_model_serves_once_an_export_appears(
     root = tmp_path / "models"  # nothing there yet, not even the folder
     latest = root / "latest"
     server = live_server("--model_dir", str(latest), "--wait_for_model", "--poll_seconds", "0.5")
-    waiting = re.findall(rf"no model at {re.escape(str(latest))} yet \((.*)\); waiting for one", server.log())
+    waiting = re.findall(r"no model to serve yet \((.*)\); waiting for one", server.log())
     assert len(waiting) == 1 and "is not a directory" in waiting[0]
     _assert_waiting(server, retry_after="1")  # the poll interval, rounded up
 
     Models.copy_of(export, root)  # retrain's export, with `latest` linked to it last
     _wait_until_serving(server, split)
-    assert f"now serving {(root / 'v1').resolve()}" in server.log()
+    assert f"loaded from {(root / 'v1').resolve()}" in server.log()
 
 
 def test_wait_for_model_outlasts_broken_exports(
@@ -1040,12 +1058,12 @@ def test_wait_for_model_outlasts_broken_exports(
     models.point_latest_at(models.add("truncated", _truncate_tflite))
     latest = models.root / "latest"
     server = live_server("--model_dir", str(latest), "--wait_for_model", "--poll_seconds", "0.5")
-    start = rf"no model at {re.escape(str(latest))} yet \(.*model\.tflite cannot be run.*\); waiting for one"
+    start = r"no model to serve yet \(.*model\.tflite cannot be run.*\); waiting for one"
     assert len(re.findall(start, server.log())) == 1
     _assert_waiting(server, retry_after="1")
 
     def refusals() -> list[str]:
-        return [line for line in server.log().splitlines() if f"still no model at {latest}, waiting: " in line]
+        return [line for line in server.log().splitlines() if re.search(f"model {MODEL} version \\d+ refused: ", line)]
 
     models.point_latest_at(models.add("no-model-json", _remove_model_json))
     wait_for(lambda: len(refusals()) == 1, "the broken export's refusal in the log")
