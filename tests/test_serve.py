@@ -764,7 +764,8 @@ def _ready(server: Server) -> dict:
     flat = {"model": Path(model["export"]).name, "version": model["version"], "labels": model["labels"]}
     if ready["refused"]:
         refused = ready["refused"][0]
-        flat["refused"] = {"export": Path(refused["export"]).name, "version": refused["version"], "error": refused["error"]}
+        export = Path(refused["export"]).name
+        flat["refused"] = {"export": export, "version": refused["version"], "error": refused["error"]}
     return flat
 
 
@@ -845,7 +846,8 @@ def test_a_broken_export_behind_latest_is_refused(
     broken = models.add(f"broken-{time.monotonic_ns()}", breakage)
     with Traffic(reload_server, big_digit[0], broken.name) as traffic:
         models.point_latest_at(broken)
-        refusal = re.compile(rf"model {MODEL} version \d+ refused, still serving {before['version']}: .*{re.escape(message)}")
+        serving = before["version"]
+        refusal = re.compile(rf"model {MODEL} version \d+ refused, still serving {serving}: .*{re.escape(message)}")
         wait_for(lambda: refusal.search(reload_server.log()), "the refusal in the log", 60)
         seen = len(traffic.answers)
         wait_for(lambda: len(traffic.answers) >= seen + 6, "answers after the refusal")
@@ -937,9 +939,7 @@ def _startup_case(case: str, export: Path, tmp_path: Path) -> tuple[list[str], s
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize(
-    "case", ["no-such-dir", "no-flag-and-no-models", "no-model-json", "corrupt-model-tflite"]
-)
+@pytest.mark.parametrize("case", ["no-such-dir", "no-flag-and-no-models", "no-model-json", "corrupt-model-tflite"])
 def test_start_up_failure_is_one_line_and_exit_2(case: str, export: Path, tmp_path: Path) -> None:
     args, message = _startup_case(case, export, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -1,9 +1,14 @@
 """The web page on serve, in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-What a person using the page relies on: it loads nothing from the internet, it describes the model,
-a chosen or dropped image gets the labels `POST /predict` gives for it, a bad file gets a plain
-error in its own card while the others stay, a reloaded model shows up on the next query without
-reloading the page, and it fits a phone-sized screen. The screenshot in the README comes from here.
+What a person using the page relies on: it loads nothing from the internet, it describes the chosen
+model version, a chosen or dropped image gets the labels `POST /predict` gives for it from the model
+and version picked (and says which answered), a bad file gets a plain error in its own card while
+the others stay, a new model or version shows up after the next query without reloading the page,
+a chosen version that goes away is reported and replaced by the default, labels are shown as text
+and never as markup, and it fits a phone-sized screen. The screenshot in the README comes from here.
+
+Two real servers: `serve --model_dir <latest link>` (one model, "retrained", that a moving link
+reloads) and `serve --models_dir` with three models (the second `shelf`).
 
 The browser is Debian's /usr/bin/chromium, installed with apt-get by the `chromium` fixture when
 missing; Playwright's own browser download is never used.
@@ -17,6 +22,9 @@ import json
 import os
 import re
 import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +40,7 @@ from .conftest import (
     DIGITS,
     NAMES,
     REPO,
+    SERVE,
     Models,
     Server,
     debian_tool,
@@ -57,6 +66,9 @@ README_SCREENSHOT = REPO / "docs" / "screenshots" / "serve-page.png"
 PLOTS = ["confusion_matrix.png", "training_curves.png"]
 TEXT = b"These are notes, not an image.\n"
 WAIT_MS = 60_000  # for anything the page waits on the server for; CI is slow
+SHOUTED = [name.upper() for name in NAMES]
+# Labels are strangers' strings: markup in them must show as text, never run.
+MARKUP = [f'<img src=x onerror="window.pwned={digit}">{digit}' for digit in range(10)]
 
 
 # --- the browser ----------------------------------------------------------------------------------
@@ -90,16 +102,99 @@ def server(models: Models) -> Iterator[Server]:
     running.stop()
 
 
+def labelled(labels: list[str]) -> Callable[[Path], None]:
+    """An edit of a digits export: label '0'..'9' becomes labels[0]..labels[9] (model.json and labels.txt)."""
+
+    def edit(export: Path) -> None:
+        info = json.loads((export / "model.json").read_text())
+        info["labels"] = [labels[int(label)] for label in info["labels"]]
+        (export / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+        (export / "labels.txt").write_text("".join(f"{label}\n" for label in info["labels"]))
+
+    return edit
+
+
+def add_version(export: Path, folder: Path, edit: Callable[[Path], None] | None = None) -> Path:
+    """A copy of `export` as version `folder` (models/<name>/<version>), written as retrain writes
+    one: in a hidden folder first, then renamed into place, so serve never sees it half-written."""
+    staging = folder.parent / f".{folder.name}.tmp"
+    shutil.copytree(export, staging, ignore=shutil.ignore_patterns("saved_model"))
+    if edit:
+        edit(staging)
+    staging.rename(folder)
+    return folder
+
+
+def remove_version(folder: Path) -> None:
+    """Takes a version away at once (a rename to a hidden name, which serve does not read), then deletes it."""
+    if folder.exists():
+        hidden = folder.parent / f".{folder.name}.removed"
+        folder.rename(hidden)
+        shutil.rmtree(hidden)
+
+
+def start_models_server(models_dir: Path, log_path: Path, *flags: str, ready: str = "/readyz") -> Server:
+    """`serve --models_dir ... --host 127.0.0.1 --port <free>` (conftest's start_server serves one
+    --model_dir), returned once `ready` answers 200."""
+    for _attempt in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        args = ["--models_dir", str(models_dir), "--host", "127.0.0.1", "--port", str(port), *flags]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen([*SERVE, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        running = Server(process, f"http://127.0.0.1:{port}", log_path)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{running.url}{ready}", timeout=5).status_code == 200:
+                    return running
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        running.stop()
+        if "address already in use" not in running.log().lower():  # else another process took the port: retry
+            break
+    pytest.fail(f"serve did not become ready (exit code {process.returncode}):\n{running.log()}")
+
+
+@pytest.fixture(scope="module")
+def shelf(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ with three models of one version each, all the digits export: `digits` (answers '3'),
+    `names` (relabelled: 'three') and `markup` (labels that are HTML)."""
+    root = tmp_path_factory.mktemp("web_shelf") / "models"
+    for name, edit in (("digits", None), ("names", relabel), ("markup", labelled(MARKUP))):
+        (root / name).mkdir(parents=True)
+        add_version(export, root / name / "1", edit)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shelf_server(shelf: Path) -> Iterator[Server]:
+    """`serve --models_dir` of the shelf, looking for new and removed versions every 0.5 s."""
+    running = start_models_server(shelf, shelf.parent / "server.log", "--poll_seconds", "0.5")
+    yield running
+    running.stop()
+
+
+def served_versions(server: Server, name: str) -> list[tuple[int, str]]:
+    """(version, state) of a model as GET /models lists them, the newest first."""
+    listed = httpx.get(f"{server.url}/models", timeout=30).json()["models"]
+    return next(([(v["version"], v["state"]) for v in m["versions"]] for m in listed if m["name"] == name), [])
+
+
 class Visit:
     """One browser tab on the page, with every URL it requested."""
 
-    def __init__(self, page: Page, url: str):
+    def __init__(self, page: Page, url: str, described: bool = True):
         self.page = page
         self.requests: list[str] = []
         page.on("request", lambda request: self.requests.append(request.url))
         page.set_default_timeout(WAIT_MS)
         page.goto(url)
-        page.locator("#model-facts").wait_for(state="visible")
+        if described:
+            page.locator("#model-facts").wait_for(state="visible")
+            self.wait_idle()
 
     def upload(self, *files: Path | tuple[str, bytes]) -> None:
         """Through the file input, as a person picking files in the dialog does."""
@@ -121,9 +216,27 @@ class Visit:
             self.page.dispatch_event("#dropzone", event, {"dataTransfer": transfer})
 
     def wait_answered(self, count: int) -> None:
-        """Until `count` cards have an answer or an error."""
+        """Until `count` cards have an answer or an error, and the page has asked for the lists again."""
         self.page.wait_for_function(
             "n => document.querySelectorAll('#results .card:not([data-state=pending])').length >= n", arg=count
+        )
+        self.wait_idle()
+
+    def wait_idle(self) -> None:
+        """Until the picker and the card are not being refreshed (aria-busy, set while /models and /model are asked)."""
+        self.page.wait_for_function("() => document.querySelector('#picker').getAttribute('aria-busy') === 'false'")
+
+    def choose(self, model: str, version: str | None = None) -> None:
+        """Picks a model (and a version; else the default) as a person does, then waits for its card."""
+        self.page.select_option("#model-choice", model)
+        if version is not None:
+            self.page.select_option("#version-choice", version)
+        self.wait_idle()
+
+    def options(self, select: str) -> list[tuple[str, str, bool]]:
+        """(value, text, disabled) of a select's options."""
+        return self.page.eval_on_selector_all(
+            f"{select} option", "options => options.map(o => [o.value, o.textContent, o.disabled])"
         )
 
     def card(self, name: str):
@@ -134,6 +247,9 @@ class Visit:
         """(label, score text) of a card, best first."""
         rows = self.card(name).locator(".ranks li")
         return [(row.locator(".label").inner_text(), row.locator(".score").inner_text()) for row in rows.all()]
+
+    def answered_by(self, name: str) -> str:
+        return self.card(name).locator(".answered-by").inner_text()
 
     def shown_labels(self) -> list[str]:
         return self.page.locator("#labels li").all_inner_texts()
@@ -147,18 +263,30 @@ class Visit:
 
 
 @pytest.fixture
-def visit(browser: Browser, server: Server) -> Iterator[Callable[..., Visit]]:
-    """Opens the page in a fresh browser context of the given size."""
+def tabs(browser: Browser) -> Iterator[Callable[..., Visit]]:
+    """Opens a page in a fresh browser context of the given size."""
     contexts = []
 
-    def open_page(width: int = 1280, height: int = 800) -> Visit:
+    def open_page(url: str, width: int = 1280, height: int = 800, described: bool = True) -> Visit:
         context = browser.new_context(viewport={"width": width, "height": height})
         contexts.append(context)
-        return Visit(context.new_page(), server.url)
+        return Visit(context.new_page(), url, described)
 
     yield open_page
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def visit(tabs, server: Server) -> Callable[..., Visit]:
+    """The page of the one-model server."""
+    return lambda width=1280, height=800: tabs(server.url, width, height)
+
+
+@pytest.fixture
+def shelf_visit(tabs, shelf_server: Server) -> Callable[..., Visit]:
+    """The page of the three-model server."""
+    return lambda width=1280, height=800: tabs(shelf_server.url, width, height)
 
 
 # --- what /predict says ---------------------------------------------------------------------------
@@ -175,9 +303,11 @@ def digits() -> list[Path]:
     return [by_label[label] for label in sorted(by_label)]
 
 
-def predicted(server: Server, name: str, data: bytes) -> list[tuple[str, str]]:
+def predicted(server: Server, name: str, data: bytes, model: str | None = None) -> list[tuple[str, str]]:
     """(label, score as the page prints it) from POST /predict, best first."""
-    response = httpx.post(f"{server.url}/predict?top_k=3", files={"file": (name, data, "image/png")}, timeout=60)
+    where = f"&model={model}" if model else ""
+    files = {"file": (name, data, "image/png")}
+    response = httpx.post(f"{server.url}/predict?top_k=3{where}", files=files, timeout=60)
     assert response.status_code == 200, response.text
     return [(p["label"], f"{p['score'] * 100:.1f}%") for p in response.json()["predictions"]]
 
@@ -192,6 +322,13 @@ def big_png() -> bytes:
 # --- the page's files and the model routes, without a browser --------------------------------------
 
 
+class NoBatcher:
+    """Stands in for the batcher of a version that is never run."""
+
+    def close(self) -> None:
+        pass
+
+
 def loaded(directory: Path, version: int):
     """A LoadedModel without interpreters: enough for the page's routes, which never run the model."""
     from serve.model_info import read_model_info
@@ -200,19 +337,46 @@ def loaded(directory: Path, version: int):
     return LoadedModel(directory, read_model_info(directory), runners=[], version=version)
 
 
+def load_without_running(name: str, version: int, folder: Path):
+    """The manager's load function, minus interpreters: ModelDirError for a folder that does not describe a model."""
+    from serve.models.servable import ServedModel
+
+    return ServedModel(loaded(folder, version), NoBatcher())
+
+
+def broken(folder: Path) -> None:
+    """labels.txt disagrees with model.json: a version serve refuses."""
+    (folder / "labels.txt").write_text("not\nthese\n")
+
+
 @pytest.fixture
 def in_process(export: Path, tmp_path: Path) -> SimpleNamespace:
-    """The app on a copy of the export's model.json with one report plot, and the store it reads."""
+    """The app over a real ModelManager of tmp folders (model.json and labels.txt of the export):
+    digits versions 2 (with a confusion matrix) and 3 (refused, so 2 serves), and names version 1."""
     from serve.app import create_app
+    from serve.models.manager import ModelManager
+    from serve.models.repository import ModelsDir
 
-    directory = tmp_path / "export"
-    directory.mkdir()
-    shutil.copy(export / "model.json", directory)
-    shutil.copy(export / "labels.txt", directory)
-    Image.new("RGB", (40, 30), "white").save(directory / "confusion_matrix.png")
+    root = tmp_path / "models"
+
+    def add(name: str, version: int, edit: Callable[[Path], None] | None = None, plots: tuple[str, ...] = ()) -> Path:
+        folder = root / name / str(version)
+        folder.mkdir(parents=True)
+        shutil.copy(export / "model.json", folder)
+        shutil.copy(export / "labels.txt", folder)
+        for plot in plots:
+            Image.new("RGB", (40, 30), "white").save(folder / plot)
+        if edit:
+            edit(folder)
+        return folder
+
+    add("digits", 2, plots=("confusion_matrix.png",))
+    add("digits", 3, broken)
+    add("names", 1, relabel)
     (tmp_path / "secret.png").write_bytes(b"not for the web")
-    store = SimpleNamespace(current=loaded(directory, 12345))
-    return SimpleNamespace(app=create_app(store), directory=directory, store=store)
+    manager = ModelManager(ModelsDir(root), load_without_running)
+    manager.reconcile()
+    return SimpleNamespace(app=create_app(manager), manager=manager, root=root, add=add)
 
 
 def get(app, path: str) -> httpx.Response:
@@ -236,20 +400,43 @@ def test_the_page_and_its_assets_have_their_content_types_and_no_external_urls(i
     page = get(in_process.app, "/").text
     assert re.findall(r'(?:src|href)="([^"]+)"', page) == ["data:,", "/web/style.css", "/web/app.js", "/docs"]
     assert '<label for="files">' in page and '<input id="files" type="file" multiple accept="image/*">' in page
+    for picker in ("model-choice", "version-choice"):
+        assert f'<label for="{picker}">' in page and f'<select id="{picker}"' in page
     assert 'name="viewport"' in page
     for missing in ("/web/index.html", "/web/nope.js", "/web/..%2Fpage.py"):
         response = get(in_process.app, missing)
         assert (response.status_code, set(response.json())) == (404, {"error"}), missing
 
 
-def test_model_route_describes_the_model_and_lists_only_the_plots_it_has(in_process, export: Path) -> None:
-    directory = in_process.directory
+def test_the_script_puts_text_on_the_page_and_never_markup(in_process) -> None:
+    """Model names and labels come from whoever exported the model: the script writes them with
+    textContent (or new Option(text)), never through an HTML parser."""
+    script = get(in_process.app, "/web/app.js").text
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink
+
+
+def test_models_route_lists_every_model_and_version_with_its_state(in_process) -> None:
+    listed = get(in_process.app, "/models").json()
+    assert [model["name"] for model in listed["models"]] == ["digits", "names"]
+    digits, names = listed["models"]
+    assert [(v["version"], v["state"]) for v in digits["versions"]] == [(3, "END"), (2, "AVAILABLE")]
+    assert "disagrees with model.json" in digits["versions"][0]["error"]
+    assert names["versions"] == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+    # A new version replaces the old one (TF Serving's default policy: the latest one).
+    in_process.add("names", 4, relabel)
+    in_process.manager.reconcile()
+    names = get(in_process.app, "/models").json()["models"][1]
+    assert [(v["version"], v["state"]) for v in names["versions"]] == [(4, "AVAILABLE"), (1, "END")]
+
+
+def test_model_route_describes_the_chosen_version_and_lists_only_the_plots_it_has(in_process, export: Path) -> None:
     info = json.loads((export / "model.json").read_text())
-    summary = get(in_process.app, "/model").json()
+    summary = get(in_process.app, "/model").json()  # the first model, its highest available version
     assert summary == {
-        "name": "retrained",
-        "export": "export",
-        "version": 12345,
+        "name": "digits",
+        "export": "2",
+        "version": 2,
         "labels": info["labels"],
         "backbone": info["backbone"],
         "created": info["created"],
@@ -260,40 +447,75 @@ def test_model_route_describes_the_model_and_lists_only_the_plots_it_has(in_proc
             {
                 "name": "confusion_matrix.png",
                 "title": "Confusion matrix of the held-out images",
-                "url": "/model/plots/confusion_matrix.png?v=export-12345",
+                "url": "/model/plots/confusion_matrix.png?model=digits&version=2",
             }
         ],
     }
+    assert get(in_process.app, "/model?model=digits&version=2").json() == summary
+    names = get(in_process.app, "/model?model=names").json()
+    assert (names["name"], names["version"], names["labels"], names["plots"]) == ("names", 1, NAMES, [])
     plot = get(in_process.app, summary["plots"][0]["url"])
     assert (plot.status_code, plot.headers["content-type"]) == (200, "image/png")
-    assert plot.content == (directory / "confusion_matrix.png").read_bytes()
+    assert plot.content == (in_process.root / "digits" / "2" / "confusion_matrix.png").read_bytes()
     for name in ("training_curves.png", "model.json", "..%2Fsecret.png", "%2E%2E%2Fsecret.png", "nope.png"):
-        response = get(in_process.app, f"/model/plots/{name}")
+        response = get(in_process.app, f"/model/plots/{name}?model=digits")
         assert (response.status_code, set(response.json())) == (404, {"error"}), name
+    response = get(in_process.app, "/model/plots/confusion_matrix.png?model=names")
+    assert (response.status_code, set(response.json())) == (404, {"error"})
+    for query in ("model=nope", "model=digits&version=3", "model=digits&version=1", "model=names&version=2"):
+        response = get(in_process.app, f"/model?{query}")
+        assert (response.status_code, set(response.json())) == (404, {"error"}), query
 
 
 def test_model_route_gives_null_for_what_model_json_does_not_record(in_process) -> None:
-    info = json.loads((in_process.directory / "model.json").read_text())
-    del info["created"]
-    info["metrics"] = {"test_accuracy": None, "test_count": "many"}
-    (in_process.directory / "model.json").write_text(json.dumps(info))
-    in_process.store.current = loaded(in_process.directory, 1)
-    summary = get(in_process.app, "/model").json()
+    def unrecorded(folder: Path) -> None:
+        info = json.loads((folder / "model.json").read_text())
+        del info["created"]
+        info["metrics"] = {"test_accuracy": None, "test_count": "many"}
+        (folder / "model.json").write_text(json.dumps(info))
+
+    in_process.add("names", 2, lambda folder: (relabel(folder), unrecorded(folder)))
+    in_process.manager.reconcile()
+    summary = get(in_process.app, "/model?model=names").json()
+    assert summary["version"] == 2
     assert (summary["created"], summary["test_accuracy"], summary["test_count"]) == (None, None, None)
 
 
 def test_model_route_explains_a_cross_validated_estimate(in_process) -> None:
-    info = json.loads((in_process.directory / "model.json").read_text())
+    folder = in_process.root / "names" / "1"
+    info = json.loads((folder / "model.json").read_text())
     validation = {"method": "leave-one-out", "folds": 6, "images": 6, "accuracy": 0.5}
     info["metrics"] = {"test_accuracy": None, "test_count": 0, "cross_validation": validation}
-    (in_process.directory / "model.json").write_text(json.dumps(info))
-    in_process.store.current = loaded(in_process.directory, 1)
-    summary = get(in_process.app, "/model").json()
+    (folder / "model.json").write_text(json.dumps(info))
+    in_process.manager.reconcile()  # the same version with new files: loaded again
+    summary = get(in_process.app, "/model?model=names&version=1").json()
     assert summary["test_accuracy"] is None
     assert summary["estimate"] == "50.0% by leave-one-out cross-validation over 6 images (too few for a test split)"
 
 
-# --- the page in a browser ------------------------------------------------------------------------
+def test_model_route_answers_503_with_retry_after_until_a_model_is_loaded(in_process, tmp_path: Path) -> None:
+    from serve.app import create_app
+    from serve.models.manager import ModelManager
+    from serve.models.repository import ModelsDir
+
+    manager = ModelManager(ModelsDir(tmp_path / "empty"), load_without_running)
+    manager.reconcile()
+    app = create_app(manager)
+    assert get(app, "/models").json() == {"models": []}
+    for path in ("/model", "/model/plots/confusion_matrix.png"):
+        response = get(app, path)
+        assert (response.status_code, set(response.json())) == (503, {"error"}), path
+        assert response.headers["retry-after"] == "5"
+    # A model whose only version was refused is listed, and has nothing to describe yet.
+    in_process.add("untrained", 1, broken)
+    in_process.manager.reconcile()
+    untrained = get(in_process.app, "/models").json()["models"][-1]
+    assert (untrained["name"], [v["state"] for v in untrained["versions"]]) == ("untrained", ["END"])
+    response = get(in_process.app, "/model?model=untrained")
+    assert response.status_code == 503 and "refused" in response.json()["error"]
+
+
+# --- the page in a browser, one model -------------------------------------------------------------
 
 
 def test_the_page_loads_only_from_the_server_and_describes_the_model(visit, export: Path) -> None:
@@ -302,20 +524,30 @@ def test_the_page_loads_only_from_the_server_and_describes_the_model(visit, expo
     metrics = info["metrics"]
     page.page.wait_for_load_state("networkidle")
     page.assert_only_loopback()
+    assert page.page.locator("#model-name").inner_text() == "retrained"
     assert page.page.locator("#backbone").inner_text() == info["backbone"]
     accuracy = f"{metrics['test_accuracy'] * 100:.1f}% of {metrics['test_count']} test images"
     assert page.page.locator("#accuracy").inner_text() == accuracy
     assert page.page.locator("#trained").inner_text() == f"{info['created'][:10]} {info['created'][11:16]} UTC"
     assert page.shown_labels() == info["labels"]
     assert page.page.locator("#plots figure").count() == 2  # retrain writes both report plots
-    # The file input has a visible label and is the first stop of the keyboard.
+    # The one model is chosen, its version by default; each select has a visible label.
+    version = page.page.locator("#model-version").inner_text()
+    assert page.options("#model-choice") == [["retrained", "retrained", False]]
+    default = ["", f"Default: newest available ({version})", False]
+    assert page.options("#version-choice") == [default, [version, version, False]]
+    assert page.page.get_by_label("Model", exact=True).get_attribute("id") == "model-choice"
+    assert page.page.get_by_label("Version", exact=True).get_attribute("id") == "version-choice"
+    # The file input has a visible label; the keyboard reaches the picker, then the file input.
     assert page.page.get_by_label("Drop images here, or choose them").get_attribute("id") == "files"
-    page.page.keyboard.press("Tab")
-    assert page.page.evaluate("document.activeElement.id") == "files"
+    for expected in ("model-choice", "version-choice", "files"):
+        page.page.keyboard.press("Tab")
+        assert page.page.evaluate("document.activeElement.id") == expected
 
 
 def test_chosen_and_dropped_digits_show_the_labels_predict_gives(visit, server: Server, digits: list[Path]) -> None:
     page = visit()
+    version = page.page.locator("#model-version").inner_text()
     chosen = digits[:3]
     page.upload(*chosen)
     page.wait_answered(3)
@@ -328,6 +560,7 @@ def test_chosen_and_dropped_digits_show_the_labels_predict_gives(visit, server: 
         card = page.card(path.name)
         assert card.get_attribute("data-state") == "done"
         assert card.locator(".status").inner_text() == f"Most likely: {shown[0][0]}"
+        assert page.answered_by(path.name) == f"Answered by retrained, version {version}"
         thumb = card.locator("img.thumb")
         assert thumb.get_attribute("alt") == f"Your image {path.name}"
         page.page.wait_for_function("img => img.complete && img.naturalWidth === 8", arg=thumb.element_handle())
@@ -376,22 +609,10 @@ def test_a_phone_sized_screen_needs_no_sideways_scrolling(visit, digits: list[Pa
     queries = page.page.locator(".queries").bounding_box()
     model = page.page.locator(".model").bounding_box()
     assert queries["x"] >= 0 and queries["x"] + queries["width"] <= 375
+    for picker in ("#model-choice", "#version-choice"):
+        box = page.page.locator(picker).bounding_box()
+        assert box["x"] >= queries["x"] and box["x"] + box["width"] <= queries["x"] + queries["width"], picker
     assert model["y"] > queries["y"]  # one column: the model's description below the images
-
-
-def test_screenshot_of_the_page_after_a_few_digits(visit, digits: list[Path], tmp_path: Path) -> None:
-    page = visit(1280, 800)
-    page.upload(*(digits[i] for i in (3, 7, 0, 9)), ("notes.png", TEXT))
-    page.wait_answered(5)
-    page.page.wait_for_load_state("networkidle")
-    screenshot = README_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / "serve-page.png"
-    page.page.screenshot(path=str(screenshot), full_page=True)
-    data = screenshot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(screenshot) as image:
-        assert image.format == "PNG" and image.width == 1280 and image.height >= 800
-        assert len(image.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 50  # not a blank page
-    page.assert_only_loopback()
 
 
 def with_plots(export: Path) -> None:
@@ -410,6 +631,7 @@ def test_a_reloaded_model_shows_on_the_next_query_without_reloading_the_page(
     page.wait_answered(1)
     assert page.ranks(digit.name)[0][0] == "7"
     labels_before = page.shown_labels()
+    version_before = page.page.locator("#model-version").inner_text()
     page.page.evaluate("window.sameDocument = true")
     new = models.add("relabelled", with_plots)
     models.point_latest_at(new)
@@ -419,11 +641,19 @@ def test_a_reloaded_model_shows_on_the_next_query_without_reloading_the_page(
         page.upload(digit)
         page.wait_answered(2)
         assert page.ranks(digit.name)[0][0] == "seven"
-        page.page.wait_for_function("names => [...document.querySelectorAll('#labels li')].length === names", arg=10)
-        page.page.wait_for_function("() => document.querySelector('#labels li').textContent === 'zero'")
+        version = page.card(digit.name).get_attribute("data-version")
+        assert version != version_before
+        assert page.answered_by(digit.name) == f"Answered by retrained, version {version}"
         assert page.shown_labels() == NAMES
         assert page.page.locator("#export").inner_text() == "relabelled"
-        assert "new model" in page.page.locator("#model-status").inner_text()
+        assert page.page.locator("#model-version").inner_text() == version
+        status = page.page.locator("#model-status").inner_text()
+        news = f"The server now answers with version {version} of retrained (export relabelled); it was version"
+        assert status == f"{news} {version_before}."
+        assert page.options("#version-choice")[:2] == [
+            ["", f"Default: newest available ({version})", False],
+            [version, version, False],
+        ]
         figures = page.page.locator("#plots figure")
         assert figures.count() == 2
         for index, name in enumerate(PLOTS):
@@ -439,6 +669,167 @@ def test_a_reloaded_model_shows_on_the_next_query_without_reloading_the_page(
     finally:
         models.point_latest_at(models.original)
         wait_for(lambda: httpx.get(f"{server.url}/labels").json()["labels"] != NAMES, "the server to reload back", 60)
+
+
+# --- the page in a browser, several models ----------------------------------------------------------
+
+
+def test_the_picker_lists_every_model_and_each_answers_from_the_one_chosen(
+    shelf_visit, shelf_server: Server, digits: list[Path]
+) -> None:
+    page = shelf_visit()
+    digit = digits[3]
+    assert page.options("#model-choice") == [[name, name, False] for name in ("digits", "markup", "names")]
+    assert page.page.locator("#model-choice").input_value() == "digits"  # the first by name
+    assert page.options("#version-choice") == [["", "Default: newest available (1)", False], ["1", "1", False]]
+    assert page.page.locator("#model-name").inner_text() == "digits"
+    assert page.page.locator("#model-version").inner_text() == "1"
+    page.upload(digit)
+    page.wait_answered(1)
+    assert page.ranks(digit.name) == predicted(shelf_server, digit.name, digit.read_bytes(), "digits")
+    assert page.ranks(digit.name)[0][0] == "3"
+    assert page.answered_by(digit.name) == "Answered by digits, version 1"
+
+    page.choose("names")
+    assert (page.page.locator("#model-name").inner_text(), page.shown_labels()) == ("names", NAMES)
+    page.upload(digit)
+    page.wait_answered(2)
+    assert page.ranks(digit.name) == predicted(shelf_server, digit.name, digit.read_bytes(), "names")
+    assert page.ranks(digit.name)[0][0] == "three"
+    assert page.answered_by(digit.name) == "Answered by names, version 1"
+
+    # Labels that are markup show as text, in the model's card and in the answers.
+    page.choose("markup", "1")
+    assert page.shown_labels() == MARKUP
+    page.upload(digit)
+    page.wait_answered(3)
+    assert page.ranks(digit.name)[0][0] == MARKUP[3]
+    assert page.card(digit.name).locator(".status").inner_text() == f"Most likely: {MARKUP[3]}"
+    assert page.answered_by(digit.name) == "Answered by markup, version 1"
+    assert page.page.locator("#labels img, #model-facts img, .ranks img, .status img").count() == 0
+    assert page.page.evaluate("typeof window.pwned") == "undefined"
+
+    # Each card keeps the answer of the model it was asked of, newest first.
+    cards = page.page.locator("#results .card .answered-by").all_inner_texts()
+    assert [text.split(",")[0] for text in cards] == ["Answered by markup", "Answered by names", "Answered by digits"]
+    page.assert_only_loopback()
+
+
+def test_a_version_added_while_the_page_is_open_shows_after_the_next_answer(
+    shelf_visit, shelf_server: Server, shelf: Path, export: Path, digits: list[Path]
+) -> None:
+    page = shelf_visit()
+    digit = digits[3]
+    page.choose("names")
+    assert page.options("#version-choice") == [["", "Default: newest available (1)", False], ["1", "1", False]]
+    page.page.evaluate("window.sameDocument = true")
+    add_version(export, shelf / "names" / "2", labelled(SHOUTED))
+    try:
+        wait_for(
+            lambda: served_versions(shelf_server, "names") == [(2, "AVAILABLE"), (1, "END")],
+            "names version 2 to replace version 1",
+        )
+        assert page.options("#version-choice")[0][1] == "Default: newest available (1)"  # until the page asks
+        page.upload(digit)
+        page.wait_answered(1)
+        assert page.ranks(digit.name)[0][0] == "THREE"
+        assert page.answered_by(digit.name) == "Answered by names, version 2"
+        assert page.options("#version-choice") == [
+            ["", "Default: newest available (2)", False],
+            ["2", "2", False],
+            ["1", "1 (no longer served)", True],
+        ]
+        assert page.page.locator("#model-version").inner_text() == "2"
+        assert page.shown_labels() == SHOUTED
+        status = page.page.locator("#model-status").inner_text()
+        assert status == "The server now answers with version 2 of names (export 2); it was version 1."
+
+        # A version chosen by number that goes away: the page says so and asks the default instead.
+        page.choose("names", "2")
+        remove_version(shelf / "names" / "2")
+        wait_for(
+            lambda: served_versions(shelf_server, "names") == [(2, "END"), (1, "AVAILABLE")],
+            "names version 1 to serve again",
+        )
+        page.upload(digit)
+        page.wait_answered(2)
+        assert page.ranks(digit.name)[0][0] == "three"
+        assert page.answered_by(digit.name) == "Answered by names, version 1 (version 2 was no longer served)"
+        assert page.page.locator("#version-choice").input_value() == ""
+        notice = "Version 2 of names is no longer served; images now go to its default version."
+        assert page.page.locator("#picker-status").inner_text() == notice
+        assert page.page.locator("#model-status").is_hidden()  # the notice says why; no news of a "new" version
+        assert page.page.locator("#model-version").inner_text() == "1"
+        assert page.shown_labels() == NAMES
+
+        # Opening the picker (here from the keyboard) asks for the lists again, with no query needed.
+        add_version(export, shelf / "names" / "3", relabel)
+        wait_for(lambda: (3, "AVAILABLE") in served_versions(shelf_server, "names"), "names version 3 to serve")
+        assert page.options("#version-choice")[0][1] == "Default: newest available (1)"
+        page.page.locator("#files").focus()  # so that the picker's focus below is a new one
+        page.page.locator("#version-choice").focus()
+        page.page.wait_for_function(
+            "() => document.querySelector('#version-choice option').textContent === 'Default: newest available (3)'"
+        )
+        page.wait_idle()
+        assert page.page.locator("#model-version").inner_text() == "3"
+        assert page.page.evaluate("window.sameDocument") is True  # the same page, never reloaded
+        page.assert_only_loopback()
+    finally:
+        for version in ("3", "2"):
+            remove_version(shelf / "names" / version)
+        wait_for(lambda: (1, "AVAILABLE") in served_versions(shelf_server, "names"), "names version 1 to serve")
+
+
+def test_the_page_waits_for_a_first_model_and_shows_it_when_it_loads(
+    tabs, export: Path, digits: list[Path], tmp_path: Path
+) -> None:
+    """serve --wait_for_model before any export: the page says it waits, and shows the model once it
+    loads (it asks again after the server's Retry-After), without reloading."""
+    root = tmp_path / "models"
+    root.mkdir()
+    flags = ["--poll_seconds", "0.5", "--wait_for_model"]
+    waiting = start_models_server(root, tmp_path / "server.log", *flags, ready="/healthz")
+    try:
+        page = tabs(waiting.url, described=False)
+        status = page.page.locator("#model-status")
+        page.page.wait_for_function(
+            "() => document.querySelector('#model-status').textContent.startsWith('No model is loaded yet')"
+        )
+        assert status.inner_text() == "No model is loaded yet: the server is waiting for one to be trained."
+        assert page.page.locator("#model-choice").is_disabled()
+        assert page.page.locator("#model-facts").is_hidden()
+        page.page.evaluate("window.sameDocument = true")
+        (root / "digits").mkdir()
+        add_version(export, root / "digits" / "1")
+        page.page.locator("#model-facts").wait_for(state="visible")
+        page.wait_idle()
+        assert status.is_hidden()
+        assert page.page.locator("#model-choice").input_value() == "digits"
+        assert page.page.locator("#model-choice").is_enabled()
+        page.upload(digits[5])
+        page.wait_answered(1)
+        assert page.ranks(digits[5].name)[0][0] == "5"
+        assert page.answered_by(digits[5].name) == "Answered by digits, version 1"
+        assert page.page.evaluate("window.sameDocument") is True
+    finally:
+        waiting.stop()
+
+
+def test_screenshot_of_the_page_after_a_few_digits(shelf_visit, digits: list[Path], tmp_path: Path) -> None:
+    page = shelf_visit(1280, 800)
+    page.choose("digits")
+    page.upload(*(digits[i] for i in (3, 7, 0, 9)), ("notes.png", TEXT))
+    page.wait_answered(5)
+    page.page.wait_for_load_state("networkidle")
+    screenshot = README_SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / "serve-page.png"
+    page.page.screenshot(path=str(screenshot), full_page=True)
+    data = screenshot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(screenshot) as image:
+        assert image.format == "PNG" and image.width == 1280 and image.height >= 800
+        assert len(image.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 50  # not a blank page
+    page.assert_only_loopback()
 
 
 def test_the_api_docs_render_offline_with_every_operation(browser: Browser, server: Server) -> None:

@@ -1,18 +1,27 @@
-// The label-query page: each image goes to POST /predict on its own (one bad file fails only its
-// card), and /model is fetched again after every answer, so a reloaded model shows up at once.
+// The label-query page. A model and version are chosen in the picker; each image then goes to
+// POST /predict?model=..&version=.. on its own (one bad file fails only its card). The picker's
+// lists (/models) and the chosen version's card (/model) are fetched again after every answer and
+// whenever the picker is opened, so a newly loaded model or version shows up without reloading.
+// Model names and labels are strangers' strings: they reach the page through textContent only.
 "use strict";
 
 const TOP_K = 3;
 const PARALLEL = 3; // requests in flight at once; the server batches them
+const DEFAULT = ""; // the version choice that names none: the server answers with its highest available
+const AVAILABLE = "AVAILABLE";
 
 const $ = (id) => document.getElementById(id);
-const waiting = [];
+const waiting = []; // [file, card, target] not sent yet
 let running = 0;
 let pending = 0;
-let modelSeen = "";
-let modelAsked = 0;
-let modelShown = 0;
-let modelRetry = 0; // timer: look again while the server has no model yet
+
+const choice = { model: "", version: DEFAULT }; // what the next images are asked of
+let pickerKey = ""; // what the two lists show, so they are rebuilt only when it changes
+let served = []; // the last /models answer
+let shown = null; // the card on show: { key, asked, version }
+let retryTimer = 0; // look again while the chosen model has no version loaded yet
+let refreshing = null; // the refresh under way, a promise
+let refreshAgain = false; // asked for again while one was under way
 
 function element(tag, attributes = {}, text = "") {
   const node = document.createElement(tag);
@@ -25,53 +34,188 @@ function percent(score) {
   return `${(score * 100).toFixed(1)}%`;
 }
 
-// --- the model panel ---------------------------------------------------------------------------
+function say(id, text) {
+  $(id).textContent = text;
+  $(id).hidden = !text;
+}
 
-async function refreshModel() {
-  const asked = ++modelAsked;
-  let model;
-  try {
-    const response = await fetch("/model", { cache: "no-store" });
-    if (response.status === 503 && !modelSeen) return waitForModel(response);
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    model = await response.json();
-  } catch (error) {
-    if (!modelSeen) $("model-status").textContent = `Could not load the model's description (${error.message}).`;
-    return;
+function query(target) {
+  const params = new URLSearchParams();
+  if (target.model) params.set("model", target.model);
+  if (target.version !== DEFAULT) params.set("version", target.version);
+  return params;
+}
+
+// --- the picker and the chosen version's card ------------------------------------------------------
+
+// One refresh at a time; a call during one makes it run once more, and resolves when that is done.
+function refresh() {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
   }
-  const key = JSON.stringify(model);
-  if (asked < modelShown || key === modelSeen) return; // an older answer, or nothing new
-  modelShown = asked;
-  const changed = modelSeen !== "";
-  modelSeen = key;
-  showModel(model, changed);
+  for (const id of ["picker", "model"]) $(id).setAttribute("aria-busy", "true");
+  refreshing = (async () => {
+    let spare = 1; // one more pass when the chosen version vanished between /models and /model
+    for (;;) {
+      refreshAgain = false;
+      const vanished = await refreshOnce();
+      if (refreshAgain || (vanished && spare-- > 0)) continue;
+      break;
+    }
+  })().finally(() => {
+    refreshing = null;
+    for (const id of ["picker", "model"]) $(id).setAttribute("aria-busy", "false");
+  });
+  return refreshing;
 }
 
-// serve --wait_for_model started before the first export: say so, and look again when told to.
+async function refreshOnce() {
+  let list;
+  try {
+    const response = await fetch("/models", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    list = (await response.json()).models;
+    if (!Array.isArray(list)) throw new Error("no list of models");
+  } catch (error) {
+    if (!shown) say("model-status", `Could not load the list of models (${error.message}).`);
+    return false;
+  }
+  served = list;
+  fallBack(list);
+  showPicker(list);
+  return showChosen();
+}
+
+// A chosen model or version that is no longer served: say so, and take the default instead.
+function fallBack(list) {
+  const names = list.map((model) => model.name);
+  const answering = list.find((model) => model.versions.some((each) => each.state === AVAILABLE));
+  const first = answering ? answering.name : names[0] || ""; // the first by name that can answer
+  if (choice.model && !names.includes(choice.model)) {
+    const instead = first ? `; showing ${first} instead` : "";
+    $("picker-status").textContent = `The model ${choice.model} is no longer served${instead}.`;
+    choice.model = first;
+    choice.version = DEFAULT;
+  } else if (!choice.model) {
+    choice.model = first;
+  }
+  if (choice.version === DEFAULT) return;
+  const model = list.find((each) => each.name === choice.model);
+  const version = model && model.versions.find((each) => String(each.version) === choice.version);
+  if (!version || version.state !== AVAILABLE) {
+    $("picker-status").textContent =
+      `Version ${choice.version} of ${choice.model} is no longer served; images now go to its default version.`;
+    choice.version = DEFAULT;
+  }
+}
+
+function showPicker(list) {
+  const key = JSON.stringify([list, choice]);
+  if (key === pickerKey) return;
+  pickerKey = key;
+  const models = $("model-choice");
+  const names = list.map((model) => new Option(model.name, model.name));
+  models.replaceChildren(...(names.length ? names : [new Option("None loaded yet", "")]));
+  models.value = choice.model;
+  models.disabled = !names.length;
+
+  const model = list.find((each) => each.name === choice.model);
+  const versions = model ? model.versions : [];
+  const newest = versions.find((each) => each.state === AVAILABLE);
+  const fallback = newest ? `Default: newest available (${newest.version})` : "Default: none available yet";
+  const options = [new Option(fallback, DEFAULT)];
+  for (const version of versions) {
+    const available = version.state === AVAILABLE;
+    const text = available ? String(version.version) : `${version.version} (${stateText(version)})`;
+    const option = new Option(text, String(version.version));
+    option.disabled = !available;
+    if (version.error) option.title = version.error;
+    options.push(option);
+  }
+  $("version-choice").replaceChildren(...options);
+  $("version-choice").value = choice.version;
+  $("version-choice").disabled = !model;
+}
+
+function stateText({ state, error }) {
+  if (state === "LOADING") return "loading";
+  if (state === "UNLOADING") return "unloading";
+  if (error) return "refused"; // the reason is the option's title: it names files, too long for a list
+  return "no longer served";
+}
+
+// The chosen version's card; true when it vanished since /models listed it (worth one more pass).
+async function showChosen() {
+  const asked = JSON.stringify(choice);
+  let response;
+  let card = null;
+  try {
+    response = await fetch(`/model?${query(choice)}`, { cache: "no-store" });
+    card = await response.json().catch(() => null);
+  } catch (error) {
+    if (!shown) say("model-status", `Could not load the model's description (${error.message}).`);
+    return false;
+  }
+  if (asked !== JSON.stringify(choice)) return false; // chosen again meanwhile: the next pass shows it
+  if (response.status === 503) return waitForModel(response);
+  if (response.status === 404) return true;
+  if (!response.ok || !card || !Array.isArray(card.labels)) {
+    if (!shown) say("model-status", `Could not load the model's description (HTTP ${response.status}).`);
+    return false;
+  }
+  clearTimeout(retryTimer);
+  const key = JSON.stringify(card);
+  if (shown && shown.key === key) {
+    shown.asked = asked; // chosen by number now, or by default: the same version all the same
+    return false;
+  }
+  const before = shown && shown.asked === asked ? shown : null; // the same choice, a new answer: the server changed
+  shown = { key, asked, version: card.version };
+  showCard(card, before);
+  return false;
+}
+
+// No version of the chosen model is loaded yet (or no model at all): say so, and look again when told to.
 function waitForModel(response) {
-  $("model-status").textContent = "No model is loaded yet: the server is waiting for one to be trained.";
-  clearTimeout(modelRetry);
-  modelRetry = setTimeout(refreshModel, 1000 * (Number(response.headers.get("Retry-After")) || 5));
+  say(
+    "model-status",
+    served.length
+      ? `No version of ${choice.model} is loaded yet: the server is loading one or waiting for one.`
+      : "No model is loaded yet: the server is waiting for one to be trained.",
+  );
+  shown = null;
+  $("model-facts").hidden = true;
+  $("labels-title").hidden = true;
+  $("labels").replaceChildren();
+  $("plots").replaceChildren();
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(refresh, 1000 * (Number(response.headers.get("Retry-After")) || 5));
+  return false;
 }
 
-function showModel(model, changed) {
-  $("model-status").textContent = changed ? `The server now serves a new model (export ${model.export}).` : "";
-  $("model-status").hidden = !changed;
-  $("backbone").textContent = model.backbone;
-  $("trained").replaceChildren(trainedAt(model.created));
+function showCard(card, before) {
+  const which = `version ${card.version} of ${card.name} (export ${card.export})`;
+  if (!before) say("model-status", "");
+  else if (before.version === card.version) say("model-status", `The server reloaded ${which}.`);
+  else say("model-status", `The server now answers with ${which}; it was version ${before.version}.`);
+  $("model-name").textContent = card.name;
+  $("model-version").textContent = String(card.version);
+  $("backbone").textContent = card.backbone;
+  $("trained").replaceChildren(trainedAt(card.created));
   $("accuracy").textContent =
-    model.test_accuracy === null
-      ? model.estimate || "not measured"
-      : `${percent(model.test_accuracy)}` + (model.test_count ? ` of ${model.test_count} test images` : "");
-  $("export").textContent = model.export;
+    card.test_accuracy === null
+      ? card.estimate || "not measured"
+      : `${percent(card.test_accuracy)}` + (card.test_count ? ` of ${card.test_count} test images` : "");
+  $("export").textContent = card.export;
   $("model-facts").hidden = false;
   $("labels-title").hidden = false;
-  $("labels-title").textContent = `${model.labels.length} labels`;
-  $("labels").replaceChildren(...model.labels.map((label) => element("li", {}, label)));
-  const heading = model.plots.length ? [element("h3", {}, "Report")] : [];
+  $("labels-title").textContent = `${card.labels.length} labels`;
+  $("labels").replaceChildren(...card.labels.map((label) => element("li", {}, label)));
+  const heading = card.plots.length ? [element("h3", {}, "Report")] : [];
   $("plots").replaceChildren(
     ...heading,
-    ...model.plots.map((plot) => {
+    ...card.plots.map((plot) => {
       const figure = element("figure");
       const link = element("a", { href: plot.url });
       link.append(element("img", { src: plot.url, alt: plot.title, loading: "lazy" }));
@@ -95,7 +239,8 @@ function addImages(files) {
   const cards = images.map(card);
   $("results").prepend(...cards);
   $("results-bar").hidden = false;
-  images.forEach((file, index) => waiting.push([file, cards[index]]));
+  const target = { ...choice }; // images go to what was chosen when they were added
+  images.forEach((file, index) => waiting.push([file, cards[index], target]));
   pending += images.length;
   showProgress();
   while (running < PARALLEL && waiting.length) next();
@@ -121,26 +266,29 @@ function card(file) {
 }
 
 async function next() {
-  const [file, item] = waiting.shift();
+  const [file, item, target] = waiting.shift();
   running += 1;
   try {
-    await ask(file, item);
+    await ask(file, item, target);
   } finally {
     running -= 1;
     pending -= 1;
     showProgress();
     if (waiting.length) next();
-    refreshModel();
+    refresh();
   }
 }
 
-async function ask(file, item) {
+// `gone`: the version asked for first, when it was no longer served and the default answers instead.
+async function ask(file, item, target, gone = "") {
   const form = new FormData();
   form.append("file", file, file.name);
+  const params = query(target);
+  params.set("top_k", TOP_K);
   let response;
   let answer = null;
   try {
-    response = await fetch(`/predict?top_k=${TOP_K}`, { method: "POST", body: form });
+    response = await fetch(`/predict?${params}`, { method: "POST", body: form });
   } catch {
     return showError(item, "Could not reach the server. Is it still running?");
   }
@@ -149,11 +297,15 @@ async function ask(file, item) {
   } catch {
     answer = null;
   }
-  if (!response.ok || !answer || !answer.predictions) {
+  if (response.status === 404 && target.version !== DEFAULT && !gone) {
+    await refresh(); // the picker says the version is gone and takes the default
+    return ask(file, item, { model: target.model, version: DEFAULT }, target.version);
+  }
+  if (!response.ok || !answer || !Array.isArray(answer.predictions)) {
     const detail = answer && typeof answer.error === "string" ? answer.error : "";
     return showError(item, ...explain(response.status, detail.replace(`${file.name}: `, "")));
   }
-  showRanks(item, answer.predictions);
+  showRanks(item, answer.predictions, answer.model_spec, gone);
 }
 
 // Plain words first; the server's own reason second, where it helps.
@@ -161,6 +313,7 @@ function explain(status, detail) {
   if (status === 415) return ["Not an image this server can read.", detail];
   if (status === 503) return ["No model is loaded yet. Try again once one has been trained.", detail];
   if (status === 413) return ["Too large for this server. Try a smaller image.", detail];
+  if (status === 404) return ["The model asked for is no longer served. Choose another.", detail];
   if (status === 400) return [detail ? `The server could not use this image: ${detail}.` : "The server could not use this image.", ""];
   if (status >= 500) return [`The server failed on this image (HTTP ${status}). Try again later.`, detail];
   return [`The server refused this image (HTTP ${status}).`, detail];
@@ -175,7 +328,7 @@ function showError(item, message, detail = "") {
   if (detail) item.querySelector(".card-body").append(element("p", { class: "detail" }, detail));
 }
 
-function showRanks(item, predictions) {
+function showRanks(item, predictions, spec, gone) {
   item.dataset.state = "done";
   const name = item.dataset.filename;
   const list = element("ol", { class: "ranks", "aria-label": `Labels for ${name}, most likely first` });
@@ -195,8 +348,14 @@ function showRanks(item, predictions) {
     list.append(row);
   }
   const status = item.querySelector(".status");
-  status.textContent = `Most likely: ${predictions[0].label}`;
+  status.textContent = predictions.length ? `Most likely: ${predictions[0].label}` : "No labels.";
   status.after(list);
+  if (spec && typeof spec.name === "string") {
+    item.dataset.model = spec.name;
+    item.dataset.version = String(spec.version);
+    const note = gone ? ` (version ${gone} was no longer served)` : "";
+    list.after(element("p", { class: "answered-by" }, `Answered by ${spec.name}, version ${spec.version}${note}`));
+  }
 }
 
 function imageCount(count) {
@@ -209,6 +368,25 @@ function showProgress() {
 }
 
 // --- wiring ------------------------------------------------------------------------------------
+
+$("model-choice").addEventListener("change", (event) => {
+  choice.model = event.target.value;
+  choice.version = DEFAULT;
+  $("picker-status").textContent = "";
+  refresh();
+});
+
+$("version-choice").addEventListener("change", (event) => {
+  choice.version = event.target.value;
+  $("picker-status").textContent = "";
+  refresh();
+});
+
+// Opening the picker asks for the lists again, so what was loaded since is there to choose.
+for (const id of ["model-choice", "version-choice"]) {
+  $(id).addEventListener("focus", refresh);
+  $(id).addEventListener("pointerdown", refresh);
+}
 
 $("files").addEventListener("change", (event) => {
   addImages(event.target.files);
@@ -250,6 +428,6 @@ window.addEventListener("drop", (event) => {
 });
 
 document.addEventListener("visibilitychange", () => {
-  if (!document.hidden) refreshModel();
+  if (!document.hidden) refresh();
 });
-refreshModel();
+refresh();
