@@ -7,9 +7,10 @@
                                  accuracy, report plots (the only model's highest version by default)
     GET /model/plots/{name}      a report plot of that version: only the names in REPORT_PLOTS
 
-The page asks `POST /predict` like any API client and fetches `/model` again after each answer,
-so a reloaded model's labels show up on the next query without reloading the page. While serve
-waits for its first model, /model answers 503 and the page says so and asks again.
+The page asks `POST /predict?model=&version=` like any API client (the version left out for the
+default) and fetches `/models` and `/model` again after each answer and when its picker is opened,
+so a new model or version shows up without reloading the page. While serve waits for its first
+model, /model answers 503 and the page says so and asks again.
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ def page_routes(manager: ModelManager) -> APIRouter:
     def chosen(name: str | None) -> str:
         if name is not None:
             return name
-        names = manager.names()
-        if not names:
+        answering = list(manager.available()) or manager.names()  # the first that can answer, if any can
+        if not answering:
             raise NoModelError(f"no model loaded yet: waiting for one in {printable(manager.catalog.describe())}")
-        return names[0]
+        return answering[0]
 
     @router.get("/models", response_model=ModelList)
     async def models() -> ModelList:

@@ -192,13 +192,18 @@ class Answer:
 
 def start_server(model_dir: Path, log_path: Path, *flags: str) -> Server:
     """`serve --model_dir ... --host 127.0.0.1 --port <free>`, returned once /readyz answers 200."""
+    return start_serve(["--model_dir", str(model_dir), *flags], log_path)
+
+
+def start_serve(flags: list[str], log_path: Path, command: list[str] = SERVE, cwd: Path = REPO) -> Server:
+    """`<command> <flags> --host 127.0.0.1 --port <free>`, returned once /readyz answers 200."""
     for _attempt in range(3):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        args = ["--model_dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *flags]
+        args = [*flags, "--host", "127.0.0.1", "--port", str(port)]
         with log_path.open("wb") as log:
-            process = subprocess.Popen([*SERVE, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen([*command, *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         server = Server(process, f"http://127.0.0.1:{port}", log_path)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
