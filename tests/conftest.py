@@ -195,8 +195,10 @@ def start_server(model_dir: Path, log_path: Path, *flags: str) -> Server:
     return start_serve(["--model_dir", str(model_dir), *flags], log_path)
 
 
-def start_serve(flags: list[str], log_path: Path, command: list[str] = SERVE, cwd: Path = REPO) -> Server:
-    """`<command> <flags> --host 127.0.0.1 --port <free>`, returned once /readyz answers 200."""
+def start_serve(
+    flags: list[str], log_path: Path, command: list[str] = SERVE, cwd: Path = REPO, ready: str = "/readyz"
+) -> Server:
+    """`<command> <flags> --host 127.0.0.1 --port <free>`, returned once `ready` answers 200."""
     for _attempt in range(3):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -208,7 +210,7 @@ def start_serve(flags: list[str], log_path: Path, command: list[str] = SERVE, cw
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             try:
-                if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
+                if httpx.get(f"{server.url}{ready}", timeout=5).status_code == 200:
                     return server
             except httpx.TransportError:
                 pass

@@ -49,6 +49,7 @@ NOT_HERE = ("needs the internet", "needs a GPU", "needs a Ray cluster", "needs a
 THIS_SUITE = "make test"
 SCORE_TOLERANCE = 0.01
 ACCURACY_TOLERANCE = 1.0  # percentage points
+HEREDOC = re.compile(r"<<'(\w+)'$")
 NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e-?\d+)?")
 COMMAND_TIMEOUT = 900  # seconds; the first `make demo` computes 1,797 bottlenecks on a slow CI machine
 
@@ -121,6 +122,12 @@ def readme_commands(text: str) -> list[Command]:
             typed = line.removeprefix("$ ") if block.kind == "console" else line
             while typed.endswith("\\"):
                 typed += "\n" + next(lines)
+            heredoc = HEREDOC.search(typed)
+            if heredoc:  # `cat > file <<'EOF'`: the lines up to EOF are its input, not commands
+                for body in lines:
+                    typed += "\n" + body
+                    if body == heredoc.group(1):
+                        break
             if typed.strip():
                 commands.append(Command(typed, block.section, [] if block.kind == "console" else None))
     return commands
@@ -323,6 +330,9 @@ a.png: 7 (0.900)
 ```sh
 docker run x   # needs a container engine
 serve --model_dir m
+cat > m.config <<'EOF'
+config { name: "m" }
+EOF
 ```
 ## Elsewhere
 ```
@@ -333,6 +343,7 @@ ignored
     assert [c.text for c in commands] == [
         "make demo   # quick", "make test", "curl -d x \\\n       localhost:8501/a",
         "serve --model_dir m predict a.png", "docker run x   # needs a container engine", "serve --model_dir m",
+        "cat > m.config <<'EOF'\nconfig { name: \"m\" }\nEOF",
     ]  # fmt: skip
     assert [c.not_run_because for c in commands] == [
         None,
@@ -341,9 +352,10 @@ ignored
         None,
         "needs a container engine",
         None,
+        None,
     ]
     assert commands[2].expected == ['{"a": 1}'] and commands[3].expected == ["a.png: 7 (0.900)"]
-    assert [c.is_server for c in commands] == [False, False, False, False, False, True]
+    assert [c.is_server for c in commands] == [False, False, False, False, False, True, False]
 
 
 def test_log_comparison_wildcards_numbers_and_elisions():

@@ -22,9 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,12 +37,12 @@ from .conftest import (
     DIGITS,
     NAMES,
     REPO,
-    SERVE,
     Models,
     Server,
     debian_tool,
     jpeg_bytes,
     relabel,
+    start_serve,
     start_server,
     wait_for,
 )
@@ -134,28 +131,8 @@ def remove_version(folder: Path) -> None:
 
 
 def start_models_server(models_dir: Path, log_path: Path, *flags: str, ready: str = "/readyz") -> Server:
-    """`serve --models_dir ... --host 127.0.0.1 --port <free>` (conftest's start_server serves one
-    --model_dir), returned once `ready` answers 200."""
-    for _attempt in range(3):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        args = ["--models_dir", str(models_dir), "--host", "127.0.0.1", "--port", str(port), *flags]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen([*SERVE, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        running = Server(process, f"http://127.0.0.1:{port}", log_path)
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{running.url}{ready}", timeout=5).status_code == 200:
-                    return running
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        running.stop()
-        if "address already in use" not in running.log().lower():  # else another process took the port: retry
-            break
-    pytest.fail(f"serve did not become ready (exit code {process.returncode}):\n{running.log()}")
+    """`serve --models_dir ... --host 127.0.0.1 --port <free>`, returned once `ready` answers 200."""
+    return start_serve(["--models_dir", str(models_dir), *flags], log_path, ready=ready)
 
 
 @pytest.fixture(scope="module")

@@ -134,17 +134,6 @@ class ModelManager:
         with self._lock:
             return sorted(name for name, model in self._models.items() if not model.removed)
 
-    def default_name(self) -> str:
-        """The one model a request that names none means; NoModelError while there is none, and
-        ModelNotFoundError (naming them) when there are several to choose from."""
-        names = self.names()
-        if len(names) == 1:
-            return names[0]
-        if not names:
-            raise NoModelError(f"no model loaded yet: waiting for one in {printable(self.catalog.describe())}")
-        listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-        raise ModelNotFoundError(f"this server serves {len(names)} models; name one ({listed})")
-
     def status(self, name: str) -> list[VersionStatus]:
         """Every version TF Serving would list for `name`: the newest first."""
         with self._lock:
