@@ -313,3 +313,45 @@ def test_a_tf_serving_model_config_file_with_policies_labels_and_sighup(models: 
             assert status(client, "low")[1] == ("AVAILABLE", "OK")
     finally:
         server.stop()
+
+
+def test_the_modes_and_their_precedence(models: Path, tmp_path: Path) -> None:
+    """TF Serving's --model_name/--model_base_path, --model_dir, and the command line over the environment."""
+    image = tmp_path / "eight.png"
+    image.write_bytes(digit("8"))
+
+    def ask(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        command = [*SERVE_SCRIPT, *args, "predict", "--json", str(image)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+    base_path = ask("--model_name", "upper", "--model_base_path", str(models / "high"))
+    named_by_folder = ask("--model_base_path", str(models / "high"))
+    one_export = ask("--model_dir", str(models / "low" / "1"))
+    environment_loses = ask("--models_dir", str(models), "--model_name", "high", env={"SERVE_MODEL_DIR": "/nowhere"})
+    two_modes = ask("--models_dir", str(models), "--model_dir", str(models / "low" / "1"))
+    assert json.loads(base_path.stdout)["model_spec"] == {"name": "upper", "version": "1"}
+    assert json.loads(named_by_folder.stdout)["model_spec"] == {"name": "high", "version": "1"}
+    assert json.loads(one_export.stdout)["model_spec"] == {"name": "retrained", "version": "1"}
+    assert json.loads(environment_loses.stdout)["predictions"][0]["label"] == "8"
+    assert two_modes.returncode == 2 and "give one of --model_dir and --models_dir, not both" in two_modes.stderr
+
+
+def test_without_sharing_every_model_runs_its_own_model_tflite(models: Path, tmp_path: Path) -> None:
+    flags = ["--models_dir", str(models), "--no_share_backbones"]
+    server = start_serve(flags, tmp_path / "serve.log", SERVE_SCRIPT)
+    try:
+        with server.client() as client:
+            low, high = predict(client, "low", "3").json(), predict(client, "high", "8").json()
+            text = client.get("/metrics").text
+    finally:
+        server.stop()
+    assert low["model_spec"] == {"name": "low", "version": "2"} and high["model_spec"] == {
+        "name": "high",
+        "version": "1",
+    }
+    runners = {
+        line.split('runner="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("serve_batch_size_count")
+    }
+    assert runners == {"low", "high"}
