@@ -15,6 +15,7 @@ from retrain.export import Exported, NextVersion
 from retrain.extract import ExtractionStats
 from retrain.heads import PrototypeHead
 from retrain.images import FEW_IMAGES_WARNING, MIN_IMAGES_FOR_HOLDOUT, SPLITS, ImageSet, Skipped
+from retrain.progress import emit
 from retrain.train import EvalRecord, accuracy_and_cross_entropy
 from serve.text import printable
 
@@ -32,6 +33,7 @@ def image_set_summary(image_set: ImageSet) -> None:
     counts = ", ".join(f"{image_set.count(split)} {split}" for split in SPLITS)
     total = sum(image_set.count(split) for split in SPLITS)
     _say(f"Found {total} images in {len(image_set.labels)} classes in {printable(image_set.image_dir)} ({counts}).")
+    emit({"phase": "images", "total": total, "labels": image_set.labels, **{s: image_set.count(s) for s in SPLITS}})
     if image_set.empty_folders:
         log.warning("ignoring folders with no images: %s", _names(image_set.empty_folders))
     skipped_entries(image_set.skipped)
@@ -145,6 +147,15 @@ def eval_step(record: EvalRecord) -> None:
     if record.validation_accuracy is not None:
         accuracy = record.validation_accuracy * 100
         _say(f"Step {record.step}: Validation accuracy = {accuracy:.1f}% (N={record.validation_count})")
+    emit(
+        {
+            "phase": "training",
+            "step": record.step,
+            "train_accuracy": record.train_accuracy,
+            "cross_entropy": record.cross_entropy,
+            "validation_accuracy": record.validation_accuracy,
+        }
+    )
 
 
 def decoded_for_training(stats: ExtractionStats, seconds: float) -> None:
@@ -199,6 +210,7 @@ def evaluation(result, labels: list[str]) -> None:
         return
     else:
         _say(f"Final test accuracy = {result.accuracy * 100:.1f}% (N={result.count})")
+    emit({"phase": "evaluated", "test_accuracy": result.accuracy, "test_count": result.count})
     per_class = metrics.per_class_metrics(result.labels, result.predictions, labels)
     for line in metrics.format_per_class(per_class, "cross-validated images" if validation else "test images"):
         _say(line)
@@ -221,12 +233,14 @@ def feature_choice(choice: FeatureChoice) -> None:
         scores = f"accuracy {candidate.accuracy:.1%}{entropy}{mark}"
         _say(f"  {candidate.name:<{width}} {candidate.dims:5d} features: {scores}")
     _say(f"Kept {choice.chosen}: {choice.reason}.")
+    emit({"phase": "features chosen", "features": choice.chosen})
 
 
 def exporting(output_dir: Path | NextVersion, formats: Collection[str]) -> None:
     slow = " (writing the SavedModel takes a few seconds)" if "saved_model" in formats else ""
     where = f"a new version of {output_dir.model_root}" if isinstance(output_dir, NextVersion) else output_dir
     _say(f"Exporting to {printable(where)}{slow}...")
+    emit({"phase": "exporting"})
 
 
 def exported(export: Exported, export_seconds: float, plot_seconds: float, total_seconds: float) -> None:

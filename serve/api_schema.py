@@ -17,11 +17,13 @@ from pydantic import BaseModel, Field
 
 ERROR_DESCRIPTIONS = {
     400: "Malformed request: a corrupt image, malformed JSON, bad base64, a parameter out of range",
-    404: "No such model or path",
+    401: "No admin token sent (the job API): send Authorization: Bearer <token>",
+    403: "Wrong admin token",
+    404: "No such model, version, label, job or path (or the job API is off)",
     413: "Over a limit: body size, images per request, image pixels, decoding memory",
     415: "Not an image in a format read here (JPEG, PNG, GIF, BMP, WebP), or not multipart",
     500: "Internal error",
-    503: "No model loaded yet, or request bodies at their limit; retry after Retry-After seconds",
+    503: "No model loaded yet, request bodies at their limit, or the job queue full; retry after Retry-After seconds",
 }
 
 

@@ -47,6 +47,8 @@ from serve.api_schema import (
 )
 from serve.budget import DecodeBudget
 from serve.docs import docs_routes
+from serve.jobs.routes import JobSettings, job_routes
+from serve.jobs.runner import JobRunner
 from serve.metrics import ServeMetrics
 from serve.middleware import AccessLog, BodiesInFlightError, BodyLimit, HostAllowList, RequestTooLargeError
 from serve.models.manager import ModelManager, ModelNotFoundError, NoModelError
@@ -77,6 +79,7 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ("*",)  # Host header values served; "*" any
     cors_origins: tuple[str, ...] = ()  # origins whose pages may read the answers; none by default
     retry_after_seconds: int = 5  # told to clients while no model is loaded yet
+    max_job_upload_bytes: int = 1024 * 2**20  # a job's zip (spooled to disk, not held in memory)
 
 
 class ClientGoneError(Exception):
@@ -143,9 +146,14 @@ class Readiness(BaseModel):
 
 
 def create_app(
-    manager: ModelManager, settings: ServeSettings = ServeSettings(), metrics: ServeMetrics | None = None
+    manager: ModelManager,
+    settings: ServeSettings = ServeSettings(),
+    metrics: ServeMetrics | None = None,
+    jobs: JobRunner | None = None,
+    job_settings: JobSettings | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving the models `manager` holds (their versions come and go while it runs)."""
+    """The FastAPI app serving the models `manager` holds (their versions come and go while it runs),
+    and, with `jobs`, training them through the job API (serve.jobs.routes)."""
     app = FastAPI(
         title="retrain serve",
         description="Label queries for an image classifier exported by retrain.",
@@ -155,7 +163,12 @@ def create_app(
         responses=errors(500),
     )
     app.openapi = lambda: complete_openapi(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, max_in_flight=settings.max_body_bytes_in_flight)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_request_bytes,
+        max_in_flight=settings.max_body_bytes_in_flight,
+        uploads=("/jobs", settings.max_job_upload_bytes),
+    )
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
     app.add_middleware(HostAllowList, hosts=list(settings.allowed_hosts))
@@ -401,6 +414,7 @@ def create_app(
     for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # monitors that probe with HEAD
         app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
     app.include_router(page_routes(manager))
+    app.include_router(job_routes(jobs, job_settings))
     app.include_router(docs_routes(app.title))
     return app
 

@@ -168,6 +168,31 @@ class ServeError(Exception):
     show_envvar=True,
     help="If there is no model to serve yet, start anyway (503 until one loads) instead of exiting 2.",
 )
+@click.option(
+    "--admin_token_file",
+    envvar="SERVE_ADMIN_TOKEN_FILE",
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Turns on the job API (training through the server): a file holding the token its requests must send.",
+)
+@click.option(
+    "--bottleneck_dir",
+    help="The jobs' bottleneck cache.  [default: <models_dir>/.cache/bottlenecks]",
+)
+@click.option("--max_job_upload_mb", default=1024, show_default=True, type=click.IntRange(min=1), help="A job's zip.")
+@click.option(
+    "--max_job_mb", default=2048, show_default=True, type=click.IntRange(min=1), help="What a job's zip unpacks to."
+)
+@click.option("--max_job_files", default=20_000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--max_job_ratio",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many times a zip member may inflate (a zip bomb inflates thousands of times).",
+)
+@click.option("--max_job_steps", default=20_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--max_queued_jobs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--log_format", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:
@@ -250,10 +275,12 @@ def _run_server(**options) -> None:
         allowed_hosts=_names(options["allowed_hosts"]),
         cors_origins=_names(options["cors_origins"]),
         retry_after_seconds=math.ceil(options["poll_seconds"]) or 5,  # the next look for an export
+        max_job_upload_bytes=options["max_job_upload_mb"] * 2**20,
     )
+    jobs, job_settings = _jobs(options, catalog, manager)
     try:
         uvicorn.run(
-            create_app(manager, settings, metrics),
+            create_app(manager, settings, metrics, jobs, job_settings),
             host=options["host"],
             port=options["port"],
             http=header_timeout_protocol(options["header_timeout_seconds"]),
@@ -261,7 +288,38 @@ def _run_server(**options) -> None:
             access_log=False,
         )
     finally:
+        if jobs is not None:
+            jobs.close()
         manager.close()
+
+
+def _jobs(options: dict, catalog: Catalog, manager):
+    """The job runner and its settings, when --admin_token_file turns the job API on."""
+    if options["admin_token_file"] is None:
+        return None, None
+    from serve.jobs.archive import ArchiveLimits
+    from serve.jobs.routes import JobSettings, read_token
+    from serve.jobs.runner import JobRunner
+
+    if not isinstance(catalog, ModelsDir) or catalog.only is not None:
+        raise ServeError("training through the server (--admin_token_file) needs --models_dir, where jobs export")
+    try:
+        token = read_token(options["admin_token_file"])
+    except (OSError, UnicodeDecodeError) as e:
+        raise ServeError(f"--admin_token_file {printable(options['admin_token_file'])}: {e}") from e
+    except ValueError as e:
+        raise ServeError(str(e)) from e
+    limits = ArchiveLimits(options["max_job_files"], options["max_job_mb"] * 2**20, options["max_job_ratio"])
+    root = catalog.root
+    bottlenecks = Path(options["bottleneck_dir"]) if options["bottleneck_dir"] else root / ".cache" / "bottlenecks"
+    try:
+        runner = JobRunner(
+            root / ".jobs", root, bottlenecks, options["max_queued_jobs"], on_exported=lambda _: manager.look_now()
+        )
+    except OSError as e:
+        raise ServeError(f"--models_dir {printable(root)} must be writable for jobs: {e.strerror or e}") from e
+    log.warning("the job API is on: POST /v1/models/<name>/jobs with the admin token")
+    return runner, JobSettings(token, limits, options["max_job_steps"])
 
 
 MODES = ("model_config_file", "model_base_path", "model_dir", "models_dir")

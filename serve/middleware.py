@@ -25,10 +25,11 @@ class BodyLimit:
     received or held by requests in progress past `max_in_flight` (503): at once from Content-Length,
     else while streaming. So request bodies can never hold more than `max_in_flight` bytes together."""
 
-    def __init__(self, app, max_bytes: int, max_in_flight: int):
+    def __init__(self, app, max_bytes: int, max_in_flight: int, uploads: tuple[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
         self.max_in_flight = max_in_flight
+        self.uploads = uploads  # (path suffix, limit): POSTs whose body goes to disk, not memory (job zips)
         self.in_flight = 0  # one event loop: no lock needed
 
     async def __call__(self, scope, receive, send):
@@ -36,6 +37,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         declared = int(declared) if declared and declared.isdigit() else 0
+        if self.uploads and scope["method"] == "POST" and scope["path"].endswith(self.uploads[0]):
+            return await self._upload(scope, receive, send, declared, self.uploads[1])
         if declared > self.max_bytes:
             return await _send_json(send, 413, {"error": self._message(declared)})
         if self.in_flight + declared > self.max_in_flight:
@@ -61,6 +64,23 @@ class BodyLimit:
             return await self.app(scope, limited_receive, send)
         finally:
             self.in_flight -= held
+
+    async def _upload(self, scope, receive, send, declared: int, limit: int):
+        """A body spooled to disk by its handler: only its size is bounded, not counted in flight."""
+        message = f"upload of {{:,}} bytes is over the {limit:,}-byte limit (--max_job_upload_mb)"
+        if declared > limit:
+            return await _send_json(send, 413, {"error": message.format(declared)})
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > limit:
+                raise RequestTooLargeError(message.format(received))
+            return event
+
+        return await self.app(scope, limited_receive, send)
 
     def _message(self, size: int) -> str:
         return f"request body of {size:,} bytes is over the {self.max_bytes:,}-byte limit (--max_request_bytes)"

@@ -97,6 +97,7 @@ class ModelManager:
         self._pass_lock = threading.Lock()  # one reconcile at a time
         self._passes = 0
         self._wake = threading.Event()
+        self._retry = False  # the next pass retries refused versions (SIGHUP)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -195,6 +196,11 @@ class ModelManager:
 
     def request_reload(self) -> None:
         """Signal-safe: asks the watcher for a pass now, retrying refused versions (SIGHUP)."""
+        self._retry = True
+        self._wake.set()
+
+    def look_now(self) -> None:
+        """Asks the watcher for a pass now (a job has just exported a version)."""
         self._wake.set()
 
     def watch(self, poll_seconds: float) -> None:
@@ -214,15 +220,16 @@ class ModelManager:
 
     def _watch(self, poll_seconds: float) -> None:
         while not self._stop.is_set():
-            requested = self._wake.wait(poll_seconds if poll_seconds > 0 else None)
+            self._wake.wait(poll_seconds if poll_seconds > 0 else None)
             self._wake.clear()
             if self._stop.is_set():
                 return
-            if requested:
+            retry, self._retry = self._retry, False
+            if retry:
                 log.warning("SIGHUP: looking for models and versions again, retrying refused ones")
                 getattr(self.catalog, "reread", lambda: None)()
             try:
-                self.reconcile(retry_refused=requested)
+                self.reconcile(retry_refused=retry)
             except Exception:  # a bug must not stop the watcher: the served versions stay
                 log.exception("model watcher pass failed")
 
