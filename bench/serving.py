@@ -15,6 +15,16 @@ and checks the targets: single-client p50 <= 1.5 x bare + 5 ms; throughput at 16
 With `--baseline REV` the same HTTP phases also run, in the same run and alternating with this tree's
 server phase by phase, against the server of git revision REV (a temporary worktree): p50 and
 throughput before and after, as ratios (what a change to serve costs).
+With `--models [N]` (N = 20 when the flag is given alone) it measures instead what N models of one
+backbone cost a `serve --models_dir` server against one model: N copies of the export under the names
+m01 ... mNN (equal heads, which does not matter to memory: a head is tens of kilobytes
+either way), served with one shared backbone (the default) and with --no_share_backbones; and one
+of them alone. Each round starts the three servers fresh, one after another (the order rotating
+from round to round); once every model has answered a few requests, it reads the server's memory
+(VmRSS, VmHWM of /proc/<pid>/status) and measures the sequential p50 of `:predict` requests, spread
+over all the models (again, up to twice, if other processes were busy meanwhile). Targets: RSS with
+N shared <= 1.5 x RSS with one; p50 with N shared unchanged within noise (<= 1.10 x, or more if the
+one-model p50s already spread more than that between rounds).
 The client is Python on the same cores as the server, so its CPU use is measured and printed too;
 so is every other process's, and each phase first waits for the machine to be idle.
 """
@@ -28,6 +38,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +65,13 @@ BOUNDARY = "benchserveboundary7d1f"
 
 LATENCY_FACTOR, LATENCY_SLACK_MS = 1.5, 5.0  # p50 single client <= 1.5 x bare + 5 ms
 SCALING_MIN = 2.0  # throughput at 16 clients >= 2 x throughput at 1
+
+MANY_MODELS = 20  # --models given alone
+RSS_FACTOR = 1.5  # RSS with N models of one backbone (shared) <= 1.5 x RSS with one
+P50_NOISE = 1.10  # p50 with N models / with one: "unchanged" up to this, or the one-model p50s' own spread
+LATENCY_ATTEMPTS = 3  # a latency phase during which other processes were busy is measured again, up to this often
+WARM_UP_PER_MODEL = 5  # requests each model answers before memory and latency are measured
+MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")  # of /proc/<pid>/status, reported in MiB
 
 IDLE_CORES = 0.1  # "idle": other processes use less than this many cores ...
 IDLE_SECONDS = 5.0  # ... averaged over this long
@@ -255,10 +273,20 @@ class Results:
 @click.option("--max_batch_size", type=click.IntRange(min=1), help="Passed to the server.")
 @click.option("--batch_timeout_ms", type=click.FloatRange(min=0), help="Passed to the server.")
 @click.option("--baseline", help="A git revision whose server is measured beside this tree's (before/after).")
+@click.option(
+    "--models",
+    "many",
+    type=click.IntRange(min=2),
+    is_flag=False,
+    flag_value=MANY_MODELS,
+    help=f"Instead: memory and p50 of a server with this many models of one backbone, shared and not, against "
+    f"one model (--requests per server, --rounds).  [alone: {MANY_MODELS}]",
+)
 @click.option("--json", "write_json", is_flag=True, help="Also write the results to bench/results/.")
 def main(
     model_dir: Path | None,
     baseline: str | None,
+    many: int | None,
     requests: int,
     duration: float,
     rounds: int,
@@ -268,6 +296,8 @@ def main(
     **knobs: float | None,
 ) -> None:
     """Prints bare inference, HTTP latency and throughput, and PASS/MISS per target."""
+    if many and baseline:
+        raise click.UsageError("--models and --baseline do not combine")
     started = time.perf_counter()
     options = ServerOptions(**knobs)
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
@@ -279,10 +309,14 @@ def main(
         settings = options.effective()
         print("server settings: " + ", ".join(f"{k}={v:g}" for k, v in settings.items()), flush=True)
         images = _digit_images()
+        if many:
+            runs = _many_models(model_dir, many, options, images, Path(tmp), requests, rounds, idle_timeout)
+            _report_many_models(runs, many, settings, model_dir, time.perf_counter() - started, write_json)
+            return
         results = _bare(model_dir, settings, images, bare_runs, idle_timeout)
         if baseline:
             before = _before_and_after(model_dir, options, images, baseline, Path(tmp), requests, duration, rounds)
-        with _server(model_dir, options, Path(tmp) / "server.log") as (port, pid):
+        with _server(_one_export(model_dir), options, Path(tmp) / "server.log") as (port, pid):
             results.phases += _http_phases(port, pid, images, requests, duration, rounds, idle_timeout)
     elapsed = time.perf_counter() - started
     if baseline:
@@ -323,8 +357,8 @@ def _before_and_after(
     try:
         kinds = (("/predict multipart", _multipart(images)), (":predict b64 JSON", _tf_serving(images)))
         with (
-            _server(model_dir, options, tmp / "baseline.log", source=tree) as (old_port, old_pid),
-            _server(model_dir, options, tmp / "after.log") as (new_port, new_pid),
+            _server(_one_export(model_dir), options, tmp / "baseline.log", source=tree) as (old_port, old_pid),
+            _server(_one_export(model_dir), options, tmp / "after.log") as (new_port, new_pid),
         ):
             for name, kind in kinds:
                 old = _sequential(old_port, old_pid, name, kind, requests)
@@ -418,12 +452,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _one_export(model_dir: Path) -> list[str]:
+    """serve's flags to serve one export, as model MODEL_NAME."""
+    return ["--model_dir", str(model_dir)]
+
+
 @contextmanager
-def _server(model_dir: Path, options: ServerOptions, log_path: Path, source: Path = REPO) -> Iterator[tuple[int, int]]:
-    """A real `python -m serve` on 127.0.0.1, of the sources in `source` (its log goes to a file: a full
-    pipe would stall it)."""
+def _server(
+    models: Sequence[str], options: ServerOptions, log_path: Path, source: Path = REPO
+) -> Iterator[tuple[int, int]]:
+    """A real `python -m serve` on 127.0.0.1 of the sources in `source`, serving what the flags `models`
+    name (its log goes to a file: a full pipe would stall it)."""
     port = _free_port()
-    command = [sys.executable, "-m", "serve", "--model_dir", str(model_dir), "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "serve", *models, "--host", "127.0.0.1"]
     command += ["--port", str(port), *options.args()]
     print(f"server: {shlex.join(command)}", flush=True)
     with log_path.open("wb") as log:
@@ -481,9 +522,9 @@ def _multipart(images: list[bytes]) -> RequestKind:
     return RequestKind("/predict", [body(d, i) for i, d in enumerate(images)], {"Content-Type": content_type})
 
 
-def _tf_serving(images: list[bytes]) -> RequestKind:
+def _tf_serving(images: list[bytes], model: str = MODEL_NAME) -> RequestKind:
     bodies = [json.dumps({"instances": [{"b64": base64.b64encode(d).decode()}]}).encode() for d in images]
-    return RequestKind(f"/v1/models/{MODEL_NAME}:predict", bodies, {"Content-Type": "application/json"})
+    return RequestKind(f"/v1/models/{model}:predict", bodies, {"Content-Type": "application/json"})
 
 
 def _send(connection: http.client.HTTPConnection, kind: RequestKind, body: bytes) -> bytes:
@@ -518,17 +559,28 @@ def _client_loop(
 
 def _sequential(port: int, pid: int, name: str, kind: RequestKind, requests: int) -> Phase:
     """One client, requests back to back: the latency a lone user sees."""
+    return _sequential_across(port, pid, name, [kind], requests)
+
+
+def _sequential_across(port: int, pid: int, name: str, kinds: Sequence[RequestKind], requests: int) -> Phase:
+    """One client, requests back to back, each to the next of `kinds` (models) in turn; the images
+    cycle too, each model getting every image in turn."""
+
+    def request(index: int) -> tuple[RequestKind, bytes]:
+        kind = kinds[index % len(kinds)]
+        return kind, kind.bodies[index // len(kinds) % len(kind.bodies)]
+
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    reply = json.loads(_send(connection, kind, kind.bodies[0]))
+    reply = json.loads(_send(connection, *request(0)))
     if not (reply.get("predictions") or reply.get("results")):
-        raise RuntimeError(f"{kind.path}: unexpected reply {reply}")
+        raise RuntimeError(f"{kinds[0].path}: unexpected reply {reply}")
     for index in range(20):
-        _send(connection, kind, kind.bodies[index % len(kind.bodies)])
+        _send(connection, *request(index))
     latencies = []
     with CpuMeter(pid) as meter:
         for index in range(requests):
             begin = time.perf_counter()
-            _send(connection, kind, kind.bodies[index % len(kind.bodies)])
+            _send(connection, *request(index))
             latencies.append((time.perf_counter() - begin) * 1000)
     connection.close()
     return Phase(name, 1, latencies, meter.use.seconds, meter.use)
@@ -599,6 +651,251 @@ def _merge(name: str, clients: int, parts: list[Phase]) -> Phase:
 
     cpu = CpuUse(cores("client"), cores("server"), cores("other"), seconds)
     return Phase(name, clients, [ms for p in parts for ms in p.latencies_ms], seconds, cpu)
+
+
+# --- many models of one backbone -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelsServer:
+    """A server of the comparison: a models_dir, its model names, and whether it shares their backbone."""
+
+    label: str
+    models_dir: Path
+    names: list[str]
+    share: bool
+
+    def flags(self) -> list[str]:
+        return ["--models_dir", str(self.models_dir), *([] if self.share else ["--no_share_backbones"])]
+
+
+@dataclass
+class ServerRun:
+    """One fresh start of a server: how long until every model answered, its memory (MiB) once they had
+    (`memory`) and after the latency phase (`memory_after`), and that phase."""
+
+    label: str
+    round: int
+    models: int
+    share: bool
+    load_seconds: float
+    memory: dict[str, float]
+    memory_after: dict[str, float]
+    phase: Phase
+
+    def summary(self) -> dict:
+        fields = ("label", "round", "models", "share", "load_seconds", "memory", "memory_after")
+        return {**{name: getattr(self, name) for name in fields}, "phase": self.phase.summary()}
+
+
+def _many_models(
+    model_dir: Path,
+    count: int,
+    options: ServerOptions,
+    images: list[bytes],
+    tmp: Path,
+    requests: int,
+    rounds: int,
+    idle_timeout: float,
+) -> list[ServerRun]:
+    """Each round starts, in turn, a server of one model, of `count` sharing their backbone, and of
+    `count` each run whole; the order rotates from round to round, so a drift hits each alike."""
+    one, many = _models_dir(model_dir, tmp / "one-model", 1), _models_dir(model_dir, tmp / "many-models", count)
+    print(f"models: {tmp / 'many-models'}/{many[0]}/1 ... /{many[-1]}/1, copies of the export (equal heads)")
+    servers = [
+        ModelsServer("1 model", tmp / "one-model", one, True),
+        ModelsServer(f"{count} shared", tmp / "many-models", many, True),
+        ModelsServer(f"{count} unshared", tmp / "many-models", many, False),
+    ]
+    runs = []
+    for round_ in range(rounds):
+        turn = round_ % len(servers)
+        for server in servers[turn:] + servers[:turn]:
+            run = _measure_server(server, round_ + 1, options, images, tmp, requests, idle_timeout)
+            runs.append(run)
+            print(
+                f"  round {run.round} {run.label}: ready in {run.load_seconds:.1f}s, VmRSS {run.memory['VmRSS']:.0f} "
+                f"MiB (VmHWM {run.memory['VmHWM']:.0f}), p50 {run.phase.percentile(50):.2f} ms "
+                f"(other processes: {run.phase.cpu.other:.2f} cores)",
+                flush=True,
+            )
+    return runs
+
+
+def _models_dir(model_dir: Path, root: Path, count: int) -> list[str]:
+    """`count` copies of the export, as versions 1 of the models m01, m02, ... in `root`; their names."""
+    names = [f"m{index:0{max(2, len(str(count)))}d}" for index in range(1, count + 1)]
+    for name in names:
+        shutil.copytree(model_dir, root / name / "1")
+    return names
+
+
+def _measure_server(
+    server: ModelsServer,
+    round_: int,
+    options: ServerOptions,
+    images: list[bytes],
+    tmp: Path,
+    requests: int,
+    idle_timeout: float,
+) -> ServerRun:
+    started = time.perf_counter()
+    log = tmp / f"server-{server.label.replace(' ', '-')}-{round_}.log"
+    with _server(server.flags(), options, log) as (port, pid):
+        _wait_for_models(port, server.names, log)
+        kinds = [_tf_serving(images, name) for name in server.names]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for kind in kinds:
+            for index in range(WARM_UP_PER_MODEL):
+                _send(connection, kind, kind.bodies[index % len(kind.bodies)])
+        connection.close()
+        load_seconds = time.perf_counter() - started
+        memory = _memory(pid)
+        phase, waited = None, 0.0
+        for _ in range(LATENCY_ATTEMPTS):  # the quietest of up to LATENCY_ATTEMPTS
+            waited += _wait(pid, idle_timeout, f"round {round_}, {server.label}")[0]
+            attempt = _sequential_across(port, pid, f"{server.label}, round {round_}", kinds, requests)
+            if phase is None or attempt.cpu.other < phase.cpu.other:
+                phase = attempt
+            if phase.cpu.other < IDLE_CORES:
+                break
+            print(
+                f"  other processes used {attempt.cpu.other:.2f} cores meanwhile (p50 {attempt.percentile(50):.2f} ms)"
+            )
+        phase.waited_seconds = waited
+        memory_after = _memory(pid)
+    return ServerRun(server.label, round_, len(server.names), server.share, load_seconds, memory, memory_after, phase)
+
+
+def _wait_for_models(port: int, names: Sequence[str], log_path: Path, timeout: float = 600.0) -> None:
+    """Until /readyz lists every one of `names` (it answers 200 as soon as the first is loaded)."""
+    deadline = time.monotonic() + timeout
+    ready: set[str] = set()
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/readyz")
+        response = connection.getresponse()
+        body = json.loads(response.read() or b"{}")
+        connection.close()
+        if body.get("refused"):
+            raise click.ClickException(f"the server refused a model: {body['refused'][0]}")
+        ready = {model["name"] for model in body.get("models", [])}
+        if ready >= set(names):
+            return
+        time.sleep(0.2)
+    missing = sorted(set(names) - ready)
+    raise click.ClickException(f"not loaded after {timeout:.0f}s: {missing}\n{log_path.read_text()[-2000:]}")
+
+
+def _memory(pid: int) -> dict[str, float]:
+    """MEMORY_FIELDS of /proc/<pid>/status in MiB (Linux only)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as e:
+        raise click.ClickException(f"cannot read the server's memory: {e}") from e
+    found = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in MEMORY_FIELDS:
+            found[key] = int(value.split()[0]) / 1024  # kB
+    return found
+
+
+def _run_medians(runs: list[ServerRun]) -> dict[str, float]:
+    """Medians over the rounds of one server: seconds until ready, memory (MiB) and p50 (ms)."""
+    values = {
+        "ready_seconds": [run.load_seconds for run in runs],
+        **{key: [run.memory[key] for run in runs] for key in MEMORY_FIELDS},
+        "VmRSS_after": [run.memory_after["VmRSS"] for run in runs],
+        "p50_ms": [run.phase.percentile(50) for run in runs],
+    }
+    return {key: float(np.median(each)) for key, each in values.items()}
+
+
+def _report_many_models(
+    runs: list[ServerRun], count: int, settings: dict, model_dir: Path, elapsed: float, write_json: bool
+) -> None:
+    labels = list(dict.fromkeys(run.label for run in runs))
+    by_label = {label: [run for run in runs if run.label == label] for label in labels}
+    medians = {label: _run_medians(each) for label, each in by_label.items()}
+    rounds = len(by_label[labels[0]])
+    print(
+        f"\n{count} models of one backbone against one: copies of one export (equal heads; a head is tens of "
+        f"kilobytes, the backbone megabytes),\neach server started fresh in each of {rounds} rounds; medians over "
+        "the rounds. Memory once every model had answered; p50 of sequential :predict requests spread over the "
+        "models.\n"
+    )
+    header = (
+        f"{'server':<13} {'models':>6} {'ready s':>7} {'VmRSS MiB':>9} {'anon':>6} {'file':>6} {'VmHWM':>6} "
+        f"{'RSS after':>9} {'p50 ms':>7} {'p50 per round':<22} {'other':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for label in labels:
+        each = by_label[label]
+        p50s = " ".join(f"{run.phase.percentile(50):.2f}" for run in sorted(each, key=lambda run: run.round))
+        m = medians[label]
+        print(
+            f"{label:<13} {each[0].models:>6} {m['ready_seconds']:>7.1f} {m['VmRSS']:>9.0f} {m['RssAnon']:>6.0f} "
+            f"{m['RssFile']:>6.0f} {m['VmHWM']:>6.0f} {m['VmRSS_after']:>9.0f} {m['p50_ms']:>7.2f} {p50s:<22} "
+            f"{max(run.phase.cpu.other for run in each):>5.2f}"
+        )
+    print(
+        "ready s = from start until every model had answered; anon, file = VmRSS's anonymous and file-backed parts;\n"
+        "RSS after = VmRSS after the latency phase; other = most cores used by other processes during a latency phase."
+    )
+    print()
+    one, shared, unshared = labels
+    rss = {label: medians[label]["VmRSS"] for label in labels}
+    p50 = {label: medians[label]["p50_ms"] for label in labels}
+    one_p50s = [run.phase.percentile(50) for run in by_label[one]]
+    noise = max(one_p50s) / min(one_p50s)
+    p50_limit = max(P50_NOISE, noise)
+    checks = [
+        (f"RSS {shared} / 1 model", rss[shared] / rss[one], f"<= {RSS_FACTOR:g}", rss[shared] / rss[one] <= RSS_FACTOR),
+        (
+            f"p50 {shared} / 1 model",
+            p50[shared] / p50[one],
+            f"<= max({P50_NOISE:.2f}, spread of the 1-model p50s between rounds {noise:.2f}) = {p50_limit:.2f}",
+            p50[shared] / p50[one] <= p50_limit,
+        ),
+    ]
+    verdicts = []
+    for name, value, rule, ok in checks:
+        verdict = "PASS" if ok else "MISS"
+        verdicts.append({"target": name, "value": value, "rule": rule, "verdict": verdict})
+        print(f"{verdict}  {name:<28} {value:6.2f}  (target {rule})")
+    contrast = f"RSS {unshared} / 1 model"
+    print(
+        f"      {contrast:<28} {rss[unshared] / rss[one]:6.2f}  (for contrast: sharing the backbone saves "
+        f"{rss[unshared] - rss[shared]:.0f} MiB; p50 {unshared} / 1 model {p50[unshared] / p50[one]:.2f})"
+    )
+    other = max(run.phase.cpu.other for run in runs)
+    waited = sum(run.phase.waited_seconds for run in runs)
+    print(
+        f"\ntotal run time: {elapsed:.0f}s (of which {waited:.0f}s waiting for an idle machine); other processes "
+        f"used at most {other:.2f} of {os.cpu_count()} cores during a latency phase"
+    )
+    if other > IDLE_CORES:
+        print("warning: the machine was not idle, so the latencies above are not reliable; run again when it is")
+    if write_json:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"serve-models-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        document = {
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+            "versions": {"python": platform.python_version(), **_versions()},
+            "model_dir": str(model_dir),
+            "models": count,
+            "server_settings": settings,
+            "elapsed_seconds": elapsed,
+            "medians": medians,
+            "p50_noise_between_rounds": noise,
+            "runs": [run.summary() for run in runs],
+            "targets": verdicts,
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"results written to {path.relative_to(REPO)}")
 
 
 # --- report ---------------------------------------------------------------------------------------
