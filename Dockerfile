@@ -79,8 +79,10 @@ RUN pip install --no-cache-dir --constraint constraints.txt --no-deps . \
 
 FROM base AS serve
 COPY --from=serve-venv /opt/venv /opt/venv
-# Start before the first model exists (/readyz says 503 until retrain writes one), on SERVE_PORT.
-ENV SERVE_MODEL_DIR=/models/latest \
+# Serves every model in /models by name (/models/<name>/<version>/, as retrain exports them; new
+# models and versions are picked up while it runs), starting before the first one exists (/readyz
+# says 503 until retrain writes one), on SERVE_PORT.
+ENV SERVE_MODELS_DIR=/models \
     SERVE_WAIT_FOR_MODEL=1 \
     SERVE_PORT=8501
 USER 1000:1000

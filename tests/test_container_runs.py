@@ -5,8 +5,9 @@
     docker run -p 8501:8501 -v $PWD/models:/models:ro serve
 
 Both containers run as the images' user, uid 1000, on host folders mounted as volumes; serve is
-reached through a published port on 127.0.0.1. tests/oci.py finds or installs the engine and
-makes the base image where Docker Hub is out of reach.
+reached through a published port on 127.0.0.1 and answers for every model in /models by the name of
+the image folder it was trained on (/models/<name>/<version>/). tests/oci.py finds or installs the
+engine and makes the base image where Docker Hub is out of reach.
 """
 
 from __future__ import annotations
@@ -123,6 +124,21 @@ class Container:
     def ready(self) -> bool:
         return httpx.get(f"{self.url}/readyz", timeout=TIMEOUT).status_code == 200
 
+    def served(self) -> dict[str, int]:
+        """Each model /readyz lists -> the version that answers for it; {} while none is loaded."""
+        try:
+            answer = httpx.get(f"{self.url}/readyz", timeout=TIMEOUT)
+        except httpx.TransportError:
+            return {}
+        return {m["name"]: m["version"] for m in answer.json()["models"]} if answer.status_code == 200 else {}
+
+    def predict(self, model: str, image: bytes) -> dict:
+        """TF Serving's `POST /v1/models/<model>:predict` of one image."""
+        body = {"instances": [{"b64": base64.b64encode(image).decode()}]}
+        answer = httpx.post(f"{self.url}/v1/models/{model}:predict", json=body, timeout=TIMEOUT)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
     def logs(self) -> str:
         result = self.engine("logs", self.name, check=False)
         return result.stdout + result.stderr
@@ -194,9 +210,11 @@ def test_retrain_exports_into_the_models_volume_as_the_image_user(digits_job, de
     assert accuracy >= 85.0
     assert "with LiteRT" in digits_job.stdout, "the CPU image should extract with LiteRT"
     assert "converting" not in digits_job.stderr, "the image should hold its converted weights and feature model"
+    # TF Serving's layout: the model is named after the image folder, its first version is 1.
+    export = deployment.models / "digits" / "1"
+    assert {"model.json", "model.tflite", "labels.txt"} <= {p.name for p in export.iterdir()}
     latest = deployment.models / "latest"
-    assert latest.is_symlink() and not os.readlink(latest).startswith("/"), "latest must work outside the container"
-    assert {"model.json", "model.tflite", "labels.txt"} <= {p.name for p in latest.iterdir()}
+    assert latest.is_symlink() and os.readlink(latest) == "digits/1", "latest must work outside the container"
     written = [*deployment.models.rglob("*"), *deployment.cache.rglob("*")]
     assert any(p.suffix == ".npy" for p in written), "no bottleneck reached the cache volume"
     for path in written:
@@ -213,23 +231,27 @@ def serving(engine: Engine, deployment: Volumes, digits_job) -> Iterator[Contain
 
 
 def test_serve_answers_every_test_digit_as_the_exported_model_does(serving: Container, deployment: Volumes) -> None:
-    model = load_model(deployment.models / "latest")
+    """By the model's name (its image folder's): `/predict?model=digits` and `/v1/models/digits:predict`."""
+    assert serving.served() == {"digits": 1}
+    model = load_model(deployment.models / "digits" / "1")
     image_set = discover(DIGITS)
     paths = [example.path for example in image_set.splits["testing"]]
     truth = [image_set.labels[example.label_index] for example in image_set.splits["testing"]]
     expected = [model.labels[int(np.argmax(model.runners[0].scores(_pixels(model, p)[None])[0]))] for p in paths]
     with httpx.Client(base_url=serving.url, timeout=TIMEOUT) as client:
-        uploaded = [client.post("/predict", files={"file": p.read_bytes()}).json() for p in paths]
+        uploaded = [client.post("/predict?model=digits", files={"file": p.read_bytes()}).json() for p in paths]
         assert [answer["predictions"][0]["label"] for answer in uploaded] == expected
+        assert {(a["model_spec"]["name"], a["model_spec"]["version"]) for a in uploaded} == {("digits", "1")}
         batches = [paths[i : i + 32] for i in range(0, len(paths), 32)]
-        rest = [
-            prediction
-            for batch in batches
-            for prediction in client.post(
-                "/v1/models/retrained:predict",
+        answers = [
+            client.post(
+                "/v1/models/digits:predict",
                 json={"instances": [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in batch]},
-            ).json()["predictions"]
+            ).json()
+            for batch in batches
         ]
+    assert all(answer["model_spec"] == {"name": "digits", "version": "1"} for answer in answers)
+    rest = [prediction for answer in answers for prediction in answer["predictions"]]
     assert [row["classes"][int(np.argmax(row["scores"]))] for row in rest] == expected
     assert np.mean(np.array(expected) == np.array(truth)) >= 0.85
 
@@ -238,18 +260,29 @@ def test_serve_container_passes_its_own_healthcheck(serving: Container) -> None:
     assert serving.healthcheck() == 0, serving.logs()
 
 
-def test_a_retrain_on_other_folders_is_served_without_a_restart(
+def test_a_retrain_on_other_folders_is_served_beside_the_first_without_a_restart(
     engine: Engine, serving: Container, deployment: Volumes, tmp_path: Path
 ) -> None:
-    """`docker compose run --rm retrain --image_dir /data/other` while `serve` runs."""
+    """`docker compose run --rm retrain --image_dir /data/twofive` while `serve` runs: a second model,
+    named after its folder, served by the same container beside `digits`."""
     started = engine.inspect(serving.name)["State"]["StartedAt"]
-    other = Volumes(copy_digits(tmp_path / "other", ["2", "5"], per_class=20), deployment.models, deployment.cache)
-    result = retrain(engine, other, "--image_dir", "/data", "--how_many_training_steps", "200")
+    data = tmp_path / "other"
+    copy_digits(data / "twofive", ["2", "5"], per_class=20)
+    other = Volumes(data, deployment.models, deployment.cache)
+    result = retrain(engine, other, "--image_dir", "/data/twofive", "--how_many_training_steps", "200")
     assert result.returncode == 0, result.stderr[-3000:]
-    labels = lambda: httpx.get(f"{serving.url}/labels", timeout=TIMEOUT).json()["labels"]  # noqa: E731
-    wait_until(lambda: labels() == ["2", "5"], f"serve to load the new labels\n{serving.logs()}")
-    answer = httpx.post(f"{serving.url}/predict", files={"file": _unseen_digit("5")}, timeout=TIMEOUT)
+    assert (deployment.models / "twofive" / "1" / "model.tflite").is_file()
+    wait_until(lambda: serving.served() == {"digits": 1, "twofive": 1}, f"serve to load twofive\n{serving.logs()}")
+    labels = httpx.get(f"{serving.url}/labels", params={"model": "twofive"}, timeout=TIMEOUT).json()["labels"]
+    assert labels == ["2", "5"]
+    answer = httpx.post(f"{serving.url}/predict?model=twofive", files={"file": _unseen_digit("5")}, timeout=TIMEOUT)
     assert answer.json()["predictions"][0]["label"] == "5"
+    assert answer.json()["model_spec"] == {"name": "twofive", "version": "1"}
+    digits = serving.predict("digits", _unseen_digit("7"))
+    assert digits["model_spec"]["name"] == "digits" and len(digits["predictions"][0]["classes"]) == 10
+    # With two models, an upload must name one: a 400 that lists them.
+    unnamed = httpx.post(f"{serving.url}/predict", files={"file": _unseen_digit("5")}, timeout=TIMEOUT)
+    assert unnamed.status_code == 400 and "digits" in unnamed.text and "twofive" in unnamed.text
     assert engine.inspect(serving.name)["State"]["StartedAt"] == started
 
 
@@ -271,7 +304,8 @@ def test_a_models_volume_the_image_user_cannot_write_is_one_clear_error(engine: 
 
 
 def test_serve_without_a_model_waits_until_retrain_writes_one(engine: Engine, images, tmp_path: Path) -> None:
-    volumes = Volumes.make(tmp_path, copy_digits(tmp_path / "data", ["0", "1"], per_class=15))
+    copy_digits(tmp_path / "data" / "zero_one", ["0", "1"], per_class=15)
+    volumes = Volumes.make(tmp_path, tmp_path / "data")
     with serve_container(engine, volumes.models) as container:
         assert httpx.get(f"{container.url}/readyz", timeout=TIMEOUT).status_code == 503
         assert (
@@ -279,12 +313,15 @@ def test_serve_without_a_model_waits_until_retrain_writes_one(engine: Engine, im
             == 503
         )
         assert container.healthcheck() != 0
-        result = retrain(engine, volumes, "--image_dir", "/data", "--how_many_training_steps", "100")
+        result = retrain(engine, volumes, "--image_dir", "/data/zero_one", "--how_many_training_steps", "100")
         assert result.returncode == 0, result.stderr[-3000:]
         wait_until(container.ready, f"serve to load the first model\n{container.logs()}")
+        assert container.served() == {"zero_one": 1}
         assert container.healthcheck() == 0
+        # The only model served: an upload may leave its name out.
         answer = httpx.post(f"{container.url}/predict", files={"file": _unseen_digit("1")}, timeout=TIMEOUT)
         assert answer.json()["predictions"][0]["label"] == "1"
+        assert answer.json()["model_spec"] == {"name": "zero_one", "version": "1"}
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -342,10 +379,15 @@ class ComposeProject:
         return Container(self.engine, names.stdout.split()[0], f"http://127.0.0.1:{self.port}")
 
 
+# The compose project's ./image_dirs: two sets of folders, each trained by its own `retrain` run.
+COMPOSE_IMAGE_DIRS = {"digits": ["0", "1", "7"], "odd_digits": ["3", "5", "9"]}
+
+
 @pytest.fixture
 def compose_project(engine: Engine, images, tmp_path: Path) -> Iterator[ComposeProject]:
     shutil.copy(REPO / "docker-compose.yml", tmp_path)
-    copy_digits(tmp_path / "image_dirs" / "digits", ["0", "1", "7"], per_class=20)
+    for name, labels in COMPOSE_IMAGE_DIRS.items():
+        copy_digits(tmp_path / "image_dirs" / name, labels, per_class=20)
     (tmp_path / "models").mkdir()
     _give_to_image_user(tmp_path / "models")
     project = ComposeProject(engine, tmp_path, f"retrain-test-{uuid.uuid4().hex[:8]}", _free_port())
@@ -355,27 +397,47 @@ def compose_project(engine: Engine, images, tmp_path: Path) -> Iterator[ComposeP
         project("down", "--volumes")
 
 
-def test_compose_serves_before_and_after_the_first_job_and_restarts_serve(compose_project: ComposeProject) -> None:
-    """The README's compose story: `up -d serve`, then `run --rm retrain`, with serve's healthcheck and
-    its restart policy observed."""
+def test_compose_serves_two_image_folders_by_name_from_one_serve_and_restarts_it(
+    compose_project: ComposeProject,
+) -> None:
+    """The README's compose story: `up -d serve`, then `run --rm retrain --image_dir /data/digits` and
+    `--image_dir /data/odd_digits`; the one serve container answers both by their folders' names,
+    with serve's healthcheck and its restart policy observed."""
     compose_project("up", "--detach", "--no-build", "serve")
     serve = compose_project.container("serve")
     wait_until(serve.answers, f"the compose serve to answer\n{serve.logs()}")
     assert httpx.get(f"{serve.url}/readyz", timeout=TIMEOUT).status_code == 503
     assert serve.healthcheck() != 0
-    compose_project("--profile", "job", "run", "--rm", "retrain", "--image_dir", "/data/digits",
-                    "--how_many_training_steps", "100")  # fmt: skip
+
+    def train(image_dir: str) -> None:
+        compose_project("--profile", "job", "run", "--rm", "retrain", "--image_dir", f"/data/{image_dir}",
+                        "--how_many_training_steps", "100")  # fmt: skip
+
+    train("digits")
     wait_until(serve.ready, f"serve to load the job's model\n{serve.logs()}")
     assert serve.healthcheck() == 0
+    assert serve.served() == {"digits": 1}
     answer = httpx.post(f"{serve.url}/predict", files={"file": _unseen_digit("7")}, timeout=TIMEOUT)
     assert answer.json()["predictions"][0]["label"] == "7"
-    assert (compose_project.folder / "models" / "latest" / "model.json").is_file()
+
+    train("odd_digits")  # another set of folders: a second model, not a replacement
+    both = dict.fromkeys(COMPOSE_IMAGE_DIRS, 1)
+    wait_until(lambda: serve.served() == both, f"serve to load odd_digits beside digits\n{serve.logs()}")
+    models = compose_project.folder / "models"
+    for name, labels in COMPOSE_IMAGE_DIRS.items():
+        assert (models / name / "1" / "model.json").is_file()
+        answer = serve.predict(name, _unseen_digit(labels[-1]))
+        assert answer["model_spec"] == {"name": name, "version": "1"}
+        (row,) = answer["predictions"]
+        assert row["classes"] == labels and row["classes"][int(np.argmax(row["scores"]))] == labels[-1]
+    unnamed = httpx.post(f"{serve.url}/predict", files={"file": _unseen_digit("7")}, timeout=TIMEOUT)
+    assert unnamed.status_code == 400 and all(name in unnamed.text for name in COMPOSE_IMAGE_DIRS)
 
     state = lambda: serve.engine.inspect(serve.name)  # noqa: E731
     assert state()["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     if serve.engine.kind == "podman":
         assert state()["State"]["Health"]["Status"] == "healthy"
-    # serve exits cleanly on SIGTERM; `unless-stopped` must bring it back, model and all.
+    # serve exits cleanly on SIGTERM; `unless-stopped` must bring it back, both models and all.
     serve.engine("exec", serve.name, "python", "-c", "import os, signal; os.kill(1, signal.SIGTERM)")
     wait_until(lambda: state()["RestartCount"] >= 1 and state()["State"]["Running"], "the restart policy")
-    wait_until(lambda: serve.answers() and serve.ready(), f"serve to come back\n{serve.logs()}")
+    wait_until(lambda: serve.served() == both, f"serve to come back\n{serve.logs()}")

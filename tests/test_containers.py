@@ -75,6 +75,21 @@ def test_every_pip_install_is_pinned_and_leaves_no_cache(parsed: Dockerfile) -> 
             assert "--constraint constraints.txt" in part, f"not pinned: {install}"
 
 
+def _env(parsed: Dockerfile, target: str) -> dict[str, str]:
+    """The environment the target's ENV instructions set, its base stages' included (the last wins)."""
+    pairs = [c.value for c in parsed.instructions(target) if c.cmd == "ENV"]
+    return {name: value for value in pairs for name, value in zip(value[::2], value[1::2], strict=True)}
+
+
+def test_serve_image_serves_every_model_in_models_and_waits_for_the_first(parsed: Dockerfile) -> None:
+    """The serve image's defaults: all of /models by name (where the retrain image exports), up before
+    the first model, and no single-model mode that would clash with SERVE_MODELS_DIR."""
+    serve = _env(parsed, "serve")
+    assert serve["SERVE_MODELS_DIR"] == "/models" == _env(parsed, "retrain")["RETRAIN_MODELS_DIR"]
+    assert serve["SERVE_WAIT_FOR_MODEL"] == "1"
+    assert not {"SERVE_MODEL_DIR", "SERVE_MODEL_CONFIG_FILE"} & set(serve)
+
+
 def test_retrain_bakes_the_weights_and_serve_installs_only_its_extra(parsed: Dockerfile) -> None:
     retrain_runs = [c.value[0] for c in parsed.instructions("retrain") if c.cmd == "RUN"]
     assert any("retrain.prefetch" in run for run in retrain_runs)
@@ -143,7 +158,9 @@ def test_compose_file_validates_and_wires_the_two_services(docker_compose: str) 
     assert serve["healthcheck"]["test"] == ["CMD", "python", "-m", "serve.healthcheck"]
     assert serve["environment"]["SERVE_WAIT_FOR_MODEL"] == "1"  # up before the first job has run
     assert serve["restart"] == "unless-stopped"
-    assert serve["environment"]["SERVE_MODEL_DIR"] == "/models/latest"
+    # Every model in ./models by name, not one export: no single-model mode beside it.
+    assert serve["environment"]["SERVE_MODELS_DIR"] == "/models"
+    assert not {"SERVE_MODEL_DIR", "SERVE_MODEL_CONFIG_FILE"} & set(serve["environment"])
     assert "deploy" not in retrain, "the base compose file must run on a CPU-only host"
 
 

@@ -2,8 +2,8 @@
 strict mode (kubernetes-validate), the KubeRay RayJob against a description of KubeRay's documented
 ray.io/v1 fields with its pod templates as core PodTemplates, and all of it against the project:
 images the Dockerfile builds, probe paths the real serve app routes, flags the real `retrain` and
-`serve` commands parse, claims storage.yaml defines, and serve reading the `latest` link the
-RayJob writes. No cluster is needed (nor used): this cannot show that the manifests run.
+`serve` commands parse, claims storage.yaml defines, and serve serving every model in the folder
+the RayJob exports into. No cluster is needed (nor used): this cannot show that the manifests run.
 """
 
 from __future__ import annotations
@@ -443,7 +443,8 @@ def test_the_entrypoint_parses_with_the_real_retrain_command(rayjob: dict) -> No
     assert claim == "retrain-bottlenecks" and not read_only
     claim, _, read_only = mounted_claim(head, ray_head, ctx.params["models_dir"])
     assert claim == "retrain-models" and not read_only
-    # The default output dir, so each export moves `latest`.
+    # The default output dir, so each export is the next version of its model in --models_dir
+    # (<models_dir>/<model name>/<n>), which serve picks up by name.
     assert ctx.params["output_dir"] is None
 
 
@@ -512,7 +513,10 @@ def test_serve_env_and_args_parse_with_the_real_serve_command(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     ctx = serve_command.make_context("serve", list(container.get("args", [])))
-    assert ctx.params["model_dir"] == "/models/latest"
+    # One Deployment for every model: --models_dir, and none of the single-model modes.
+    assert ctx.params["models_dir"] == "/models"
+    assert ctx.get_parameter_source("models_dir") == click.core.ParameterSource.ENVIRONMENT
+    assert not any(ctx.params[mode] for mode in ("model_dir", "model_base_path", "model_config_file", "model_name"))
     assert ctx.params["wait_for_model"] is True
     assert ctx.params["port"] == 8501
     threads = ctx.params["workers"] * (ctx.params["threads_per_worker"] or 1)
@@ -520,18 +524,56 @@ def test_serve_env_and_args_parse_with_the_real_serve_command(
     assert "command" not in container, "the image's `serve` entrypoint must run"
 
 
-def test_serve_reads_the_latest_link_the_rayjob_writes_read_only(deployment: dict, rayjob: dict) -> None:
+def test_serve_reads_every_model_the_rayjob_exports_read_only(deployment: dict, rayjob: dict) -> None:
+    """The RayJob exports into --models_dir (<models_dir>/<name>/<n>); serve serves every model of the
+    same folder on the same claim, so each new model or version is served with no change here."""
     pod_spec = deployment["spec"]["template"]["spec"]
     container = serve_container(deployment)
     env = {item["name"]: item["value"] for item in container["env"]}
-    serve_claim, serve_path, read_only = mounted_claim(pod_spec, container, env["SERVE_MODEL_DIR"])
+    assert "SERVE_MODEL_DIR" not in env, "one model per Deployment: serve every model in SERVE_MODELS_DIR"
+    serve_claim, serve_path, read_only = mounted_claim(pod_spec, container, env["SERVE_MODELS_DIR"])
     assert read_only, "serve mounts the models volume writable"
     (models_mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/models"]
     assert models_mount.get("readOnly") is True
     ctx = parse_entrypoint(rayjob["spec"]["entrypoint"])
+    assert ctx.params["model_name"] is None  # named after --image_dir's folder, as serve will call it
     head = ray_pod_templates(rayjob)["head"]["spec"]
     train_claim, train_path, _ = mounted_claim(head, head["containers"][0], ctx.params["models_dir"])
-    assert (serve_claim, serve_path) == (train_claim, train_path / "latest")
+    assert (serve_claim, serve_path) == (train_claim, train_path)
+
+
+def test_serve_serves_the_rayjobs_exports_by_their_image_folders_names(
+    deployment: dict, rayjob: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where retrain puts the entrypoint's export, and where it puts one of another --image_dir, are
+    where serve, started with the Deployment's env and args, finds two models named after the two
+    image folders (both volumes rebased under tmp_path)."""
+    from retrain.pipeline import RetrainConfig, _export_target
+    from serve.cli import _catalog
+
+    def here(path: str) -> str:
+        return str(tmp_path / PurePosixPath(path).relative_to("/"))
+
+    params = parse_entrypoint(rayjob["spec"]["entrypoint"]).params
+    exports = {}
+    for image_dir in (params["image_dir"], str(PurePosixPath(params["image_dir"]).with_name("cars"))):
+        config = RetrainConfig(image_dir=here(image_dir), models_dir=here(params["models_dir"]))
+        target = _export_target(config).version_dir()
+        target.mkdir(parents=True)
+        exports[PurePosixPath(image_dir).name] = target
+    container = serve_container(deployment)
+    for param in serve_command.params:
+        if param.envvar:
+            monkeypatch.delenv(param.envvar, raising=False)
+    for item in container["env"]:
+        value = item["value"]
+        monkeypatch.setenv(item["name"], here(value) if value.startswith("/") else value)
+    ctx = serve_command.make_context("serve", list(container.get("args", [])))
+    models = {config.name: config for config in _catalog(ctx, ctx.params).models()}
+    assert sorted(models) == sorted(exports) and len(models) == 2
+    for name, target in exports.items():
+        assert target.relative_to(tmp_path).parts == ("models", name, "1")
+        assert _catalog(ctx, ctx.params).versions(models[name]) == {1: target}
 
 
 def test_serve_security_and_writable_tmp(deployment: dict) -> None:
