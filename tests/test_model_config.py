@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -420,3 +421,25 @@ def test_any_text_gives_models_or_one_printable_error_line(edits, noise):
             assert str(e).isprintable(), str(e)
         else:
             assert all(isinstance(model, ModelConfig) and model.base_path.is_absolute() for model in models)
+
+
+def test_the_config_file_catalog_rereads_a_changed_file_and_keeps_its_last_good_models(tmp_path: Path) -> None:
+    """serve's --model_config_file: read again when it changes (each poll asks), a broken edit raises
+    (the manager then keeps what it serves), and SIGHUP's `reread` parses even an unchanged file."""
+    from serve.models.repository import ConfigFile
+
+    path = tmp_path / "models.config"
+    path.write_text('model_config_list { config { name: "a" base_path: "a" } }')
+    catalog = ConfigFile(path)
+    assert [c.name for c in catalog.models()] == ["a"]
+    path.write_text('model_config_list { config { name: "a" base_path: "a" } config { name: "b" base_path: "b" } }')
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a later time, whatever the clock
+    assert [c.name for c in catalog.models()] == ["a", "b"]
+    assert catalog.models()[1].base_path == tmp_path / "b"
+    path.write_text("model_config_list { config { name: ")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 2 * 10**9))
+    with pytest.raises(ModelConfigError, match=r"models\.config:1:"):
+        catalog.models()
+    catalog.reread()
+    with pytest.raises(ModelConfigError):
+        catalog.models()
