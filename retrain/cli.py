@@ -12,15 +12,20 @@ import sys
 import traceback
 
 import click
+from click.core import ParameterSource
 
+from retrain import remote
 from retrain.backbones import DEFAULT_ARCHITECTURE, FEW_IMAGES_BACKBONE, FEW_IMAGES_PER_CLASS
 from retrain.errors import RetrainError
 from retrain.quiet import show_tensorflow_logs
+from retrain.remote import JOB_OPTIONS
 
 DEFAULT_AUGMENTATION_COPIES = 4
 DEFAULT_DECODE_MEMORY_MB = 1024  # retrain.extract.DECODE_MEMORY_BYTES, not imported: it needs the train extra (tqdm)
 # Installed by the `train` extra only; the serve image has the `retrain` script but none of these.
 TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "flatbuffers", "tqdm")
+# With --server: the flags that say what to train; the job options (retrain.remote.JOB_OPTIONS) are the others.
+REMOTE_FLAGS = frozenset({"image_dir", "model_name", *JOB_OPTIONS})
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -233,11 +238,22 @@ TRAINING_MODULES = ("tensorflow", "keras", "tensorflow_hub", "ai_edge_litert", "
     type=click.IntRange(min=1),
     help="Train on at most this many images per class (seeded). Hold-out sets unchanged.",
 )
+@click.option(
+    "--server",
+    metavar="URL",
+    help="Train on a `serve --admin_token_file` there instead of here: the images are zipped and sent, progress is "
+    "shown as a local run shows it, Ctrl-C cancels the job, and the model is exported and served there as "
+    "--model_name's next version. Takes only --model_name and " + ", ".join(f"--{name}" for name in JOB_OPTIONS) + ".",
+)
+@click.option("--token_file", metavar="FILE", help="With --server: a file holding the server's admin token.")
 @click.option("--verbose", is_flag=True, help="Show TensorFlow's logs and tracebacks.")
-def main(verbose: bool, **flags) -> None:
+def main(verbose: bool, server: str | None, token_file: str | None, **flags) -> None:
     """Retrain a pretrained image network's last layer on folders of images, one folder per label."""
     if not flags["image_dir"]:
         raise RetrainError("--image_dir is required (a folder with one sub-folder of images per label)")
+    if server or token_file:
+        _train_on_server(server, token_file, flags)
+        return
     if verbose:
         show_tensorflow_logs()
     _check_training_modules()
@@ -256,6 +272,23 @@ def main(verbose: bool, **flags) -> None:
     run(RetrainConfig(**config, augmentation=augmentation, hparams=hparams))
 
 
+def _train_on_server(server: str | None, token_file: str | None, flags: dict) -> None:
+    """`--server`: the job goes to the server's job API (retrain.remote), with the job options given on
+    the command line; a flag the job API has no field for is a usage error, not silently dropped."""
+    if not server or not token_file:
+        raise click.UsageError("--server and --token_file go together: the server's URL, a file with its admin token")
+    context = click.get_current_context()
+    given = [name for name in flags if context.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    local = [name for name in given if name not in REMOTE_FLAGS]
+    if local:
+        raise click.UsageError(
+            f"{', '.join(f'--{name}' for name in local)}: not with --server, whose job API takes only "
+            f"--model_name and {', '.join(f'--{name}' for name in JOB_OPTIONS)}"
+        )
+    options = {name: flags[name] for name in given if name in JOB_OPTIONS}
+    remote.train(remote.job_of(flags["image_dir"], flags["model_name"], options), server, token_file)
+
+
 def entry_point(argv: list[str] | None = None) -> None:
     """Console-script entry: maps errors to one stderr line and the documented exit codes."""
     args = sys.argv[1:] if argv is None else argv
@@ -267,6 +300,8 @@ def entry_point(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.UsageError as e:
         _fail(2, e.format_message(), verbose)
+    except remote.JobInterruptedError as e:
+        _fail(130, str(e), verbose)
     except RetrainError as e:
         _fail(2, str(e), verbose)
     except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort

@@ -41,7 +41,7 @@ from serve.model_info import (
     ModelInfo,
     SharedBackbone,
 )
-from serve.models import LATEST_LINK, MODEL_NAME
+from serve.models import LATEST_LINK, model_name_problem
 from serve.models.split import split_export
 from serve.text import printable
 
@@ -85,11 +85,9 @@ def _entries(folder: Path) -> list[Path]:
 
 def check_model_name(name: str, where: str = "--model_name") -> str:
     """The name, if it is one TF Serving and a URL path accept, and not the `latest` link's."""
-    if not MODEL_NAME.fullmatch(name) or name == LATEST_LINK:
-        raise RetrainError(
-            f"{where} {printable(name)!r} is not a model name: use letters, digits, '-', '_' and '.' "
-            f"(not first), at most 128, and not {LATEST_LINK!r}"
-        )
+    problem = model_name_problem(name, where)
+    if problem:
+        raise RetrainError(problem)
     return name
 
 
