@@ -91,7 +91,7 @@ def extraction_summary(stats: ExtractionStats, seconds: float, cache_dir: Path) 
     if stats.computed:
         computing = max(seconds - stats.setup_seconds, 1e-9)
         rate = f" ({stats.computed / computing:.1f} images/s with {RUNTIME_NAMES.get(stats.runtime, stats.runtime)}"
-        rate += f", after {stats.setup_seconds:.1f}s to load it)" if stats.setup_seconds >= 0.5 else ")"
+        rate += f", after {stats.setup_seconds:.1f}s to load it)"  # always: a log's shape never hangs on timing
     twins = f", {stats.duplicates} of identical files" if stats.duplicates else ""
     _say(
         f"Bottlenecks: {stats.cached} from cache, {stats.computed} computed{rate}{twins}, "
