@@ -1,7 +1,8 @@
 """The web page for label queries, and the model description it shows.
 
     GET /                        the page (serve/web/index.html)
-    GET /web/{app.js,style.css}  its script and style; the page loads nothing from any other host
+    GET /web/{name}              its scripts (app.js; train.js, the Train view) and style.css; the page
+                                 loads nothing from any other host
     GET /models                  every model served: its versions and their states
     GET /model?model=&version=   one version's card: labels, backbone, when it was trained, test
                                  accuracy, report plots (the only model's highest version by default)
@@ -11,6 +12,8 @@ The page asks `POST /predict?model=&version=` like any API client (the version l
 default) and fetches `/models` and `/model` again after each answer and when its picker is opened,
 so a new model or version shows up without reloading the page. While serve waits for its first
 model, /model answers 503 and the page says so and asks again.
+Its Train view is a client of the job API (serve/jobs/routes.py) like curl: it zips the images in the
+browser, sends the admin token it keeps in the tab's sessionStorage, and follows the job's events.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from serve.text import printable
 ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "train.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 NO_CACHE = {"cache-control": "no-cache"}  # a browser revalidates, so an upgraded serve shows its new page

@@ -7,8 +7,14 @@ the others stay, a new model or version shows up after the next query without re
 a chosen version that goes away is reported and replaced by the default, labels are shown as text
 and never as markup, and it fits a phone-sized screen. The screenshot in the README comes from here.
 
-Two real servers: `serve --model_dir <latest link>` (one model, "retrained", that a moving link
-reloads) and `serve --models_dir` with three models (the second `shelf`).
+Its Train view: the admin token is asked for once and kept in the tab's sessionStorage only (asked
+again when the server refuses it); classes get images from files, drops and Chromium's fake camera;
+the page zips them itself and trains a model through the job API, shows the job's progress, and
+"Try it" asks the new version in Predict. Without --admin_token_file the view says how to turn it on.
+
+Real servers: `serve --model_dir <latest link>` (one model, "retrained", that a moving link
+reloads), `serve --models_dir` with three models (the second `shelf`), and `serve --models_dir
+--admin_token_file` that starts empty and trains (`trainer`).
 
 The browser is Debian's /usr/bin/chromium, installed with apt-get by the `chromium` fixture when
 missing; Playwright's own browser download is never used.
@@ -22,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +63,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--use-fake-device-for-media-stream",  # a camera that films a test pattern: for the Train view's photos
+    "--use-fake-ui-for-media-stream",  # and no permission prompt for it
 ]
 # The README's picture; the test rewrites it only when asked (UPDATE_SCREENSHOT=1), since the page
 # shows when the model was trained and every session trains anew.
@@ -66,6 +75,9 @@ WAIT_MS = 60_000  # for anything the page waits on the server for; CI is slow
 SHOUTED = [name.upper() for name in NAMES]
 # Labels are strangers' strings: markup in them must show as text, never run.
 MARKUP = [f'<img src=x onerror="window.pwned={digit}">{digit}' for digit in range(10)]
+TOKEN = "web-test-token-0123456789abcdef"
+TOKEN_KEY = "retrain-serve.admin-token"  # the page's sessionStorage key
+TRAIN_MS = 600_000  # a job: unpack, features of ~30 images, 200 steps, export, load
 
 
 # --- the browser ----------------------------------------------------------------------------------
@@ -179,7 +191,7 @@ class Visit:
         payloads = [{"name": name, "mimeType": "image/png", "buffer": data} for name, data in named]
         self.page.set_input_files("#files", payloads)
 
-    def drop(self, name: str, data: bytes) -> None:
+    def drop(self, name: str, data: bytes, target: str = "#dropzone") -> None:
         """A file dropped on the drop zone, as a drag from the desktop delivers it."""
         transfer = self.page.evaluate_handle(
             """([name, bytes]) => {
@@ -190,7 +202,7 @@ class Visit:
             [name, list(data)],
         )
         for event in ("dragenter", "dragover", "drop"):
-            self.page.dispatch_event("#dropzone", event, {"dataTransfer": transfer})
+            self.page.dispatch_event(target, event, {"dataTransfer": transfer})
 
     def wait_answered(self, count: int) -> None:
         """Until `count` cards have an answer or an error, and the page has asked for the lists again."""
@@ -231,6 +243,37 @@ class Visit:
     def shown_labels(self) -> list[str]:
         return self.page.locator("#labels li").all_inner_texts()
 
+    def open_train(self) -> None:
+        """The Train tab, once the page has asked the server whether it trains."""
+        self.page.get_by_role("tab", name="Train").click()
+        self.wait_train_idle()
+
+    def wait_train_idle(self) -> None:
+        self.page.wait_for_function("() => document.querySelector('#train').getAttribute('aria-busy') === 'false'")
+
+    def enter_token(self, token: str) -> None:
+        self.page.get_by_label("Admin token").fill(token)
+        self.page.get_by_role("button", name="Use the token").click()
+        self.wait_train_idle()
+
+    def kept_tokens(self) -> tuple[str | None, int]:
+        """The token in sessionStorage, and how many entries localStorage holds (none, ever)."""
+        return self.page.evaluate(f"() => [sessionStorage.getItem('{TOKEN_KEY}'), localStorage.length]")
+
+    def add_class(self, label: str) -> None:
+        self.page.get_by_label("New class").fill(label)
+        self.page.get_by_label("New class").press("Enter")
+
+    def class_card(self, label: str):
+        return self.page.locator(".class-card").filter(has=self.page.get_by_role("heading", name=label, exact=True))
+
+    def add_to_class(self, label: str, *files: Path) -> None:
+        payloads = [{"name": f.name, "mimeType": "image/png", "buffer": f.read_bytes()} for f in files]
+        self.class_card(label).locator("input[type=file]").set_input_files(payloads)
+
+    def class_count(self, label: str) -> int:
+        return int(self.class_card(label).get_attribute("data-count"))
+
     def assert_only_loopback(self) -> None:
         """Every request went to the server on 127.0.0.1 (blob: URLs are the page's own thumbnails)."""
         assert self.requests
@@ -244,8 +287,8 @@ def tabs(browser: Browser) -> Iterator[Callable[..., Visit]]:
     """Opens a page in a fresh browser context of the given size."""
     contexts = []
 
-    def open_page(url: str, width: int = 1280, height: int = 800, described: bool = True) -> Visit:
-        context = browser.new_context(viewport={"width": width, "height": height})
+    def open_page(url: str, width: int = 1280, height: int = 800, described: bool = True, **options) -> Visit:
+        context = browser.new_context(viewport={"width": width, "height": height}, **options)
         contexts.append(context)
         return Visit(context.new_page(), url, described)
 
@@ -368,14 +411,20 @@ def get(app, path: str) -> httpx.Response:
 
 
 def test_the_page_and_its_assets_have_their_content_types_and_no_external_urls(in_process) -> None:
-    types = {"/": "text/html", "/web/app.js": "text/javascript", "/web/style.css": "text/css"}
+    types = {"/": "text/html", "/web/app.js": "text/javascript", "/web/train.js": "text/javascript",
+             "/web/style.css": "text/css"}  # fmt: skip
     for path, kind in types.items():
         response = get(in_process.app, path)
         assert response.status_code == 200
         assert response.headers["content-type"] == f"{kind}; charset=utf-8"
         assert re.findall(r"https?://\S*", response.text) == [], path
     page = get(in_process.app, "/").text
-    assert re.findall(r'(?:src|href)="([^"]+)"', page) == ["data:,", "/web/style.css", "/web/app.js", "/docs"]
+    assert re.findall(r'(?:src|href)="([^"]+)"', page) == [
+        "data:,", "/web/style.css", "/web/app.js", "/web/train.js", "/docs"
+    ]  # fmt: skip
+    for view in ("predict", "train"):
+        assert f'role="tab" id="tab-{view}" aria-controls="view-{view}"' in page
+        assert f'id="view-{view}" class="layout" role="tabpanel" aria-labelledby="tab-{view}"' in page
     assert '<label for="files">' in page and '<input id="files" type="file" multiple accept="image/*">' in page
     for picker in ("model-choice", "version-choice"):
         assert f'<label for="{picker}">' in page and f'<select id="{picker}"' in page
@@ -386,11 +435,14 @@ def test_the_page_and_its_assets_have_their_content_types_and_no_external_urls(i
 
 
 def test_the_script_puts_text_on_the_page_and_never_markup(in_process) -> None:
-    """Model names and labels come from whoever exported the model: the script writes them with
-    textContent (or new Option(text)), never through an HTML parser."""
-    script = get(in_process.app, "/web/app.js").text
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
-        assert sink not in script, sink
+    """Model names, labels and class names come from strangers: the scripts write them with
+    textContent (or new Option(text)), never through an HTML parser; the admin token is never put
+    in localStorage (it outlives the tab)."""
+    for name in ("app.js", "train.js"):
+        script = get(in_process.app, f"/web/{name}").text
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in script, (name, sink)
+        assert "localStorage" not in script, name
 
 
 def test_models_route_lists_every_model_and_version_with_its_state(in_process) -> None:
@@ -515,9 +567,9 @@ def test_the_page_loads_only_from_the_server_and_describes_the_model(visit, expo
     assert page.options("#version-choice") == [default, [version, version, False]]
     assert page.page.get_by_label("Model", exact=True).get_attribute("id") == "model-choice"
     assert page.page.get_by_label("Version", exact=True).get_attribute("id") == "version-choice"
-    # The file input has a visible label; the keyboard reaches the picker, then the file input.
+    # The file input has a visible label; the keyboard reaches the chosen tab, the picker, then the file input.
     assert page.page.get_by_label("Drop images here, or choose them").get_attribute("id") == "files"
-    for expected in ("model-choice", "version-choice", "files"):
+    for expected in ("tab-predict", "model-choice", "version-choice", "files"):
         page.page.keyboard.press("Tab")
         assert page.page.evaluate("document.activeElement.id") == expected
 
@@ -827,3 +879,247 @@ def test_the_api_docs_render_offline_with_every_operation(browser: Browser, serv
         assert requests and outside == []
     finally:
         context.close()
+
+
+# --- the Train view ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`serve --models_dir <empty> --admin_token_file`: the job API on, no model yet."""
+    root = tmp_path_factory.mktemp("web_train")
+    (root / "models").mkdir()
+    (root / "token").write_text(TOKEN + "\n")
+    flags = ["--admin_token_file", str(root / "token"), "--wait_for_model", "--poll_seconds", "0.5"]
+    running = start_models_server(root / "models", root / "server.log", *flags, ready="/healthz")
+    yield running
+    running.stop()
+
+
+def bundled(label: str) -> list[Path]:
+    return sorted((DIGITS / label).glob("*.png"))
+
+
+def test_a_model_trained_in_the_page_from_files_and_a_photo_answers_in_predict(tabs, trainer: Server) -> None:
+    page = tabs(trainer.url, described=False, permissions=["camera"])
+    page.open_train()
+    # The token is asked for first; a wrong one is refused and not kept.
+    assert page.page.locator("#train-fields").is_hidden()
+    page.enter_token("not-the-token-0123456789")
+    assert "not the admin token" in page.page.locator("#token-error").inner_text()
+    assert page.kept_tokens() == [None, 0]
+    page.enter_token(TOKEN)
+    page.page.locator("#train-fields").wait_for(state="visible")
+    assert page.page.locator("#token-form").is_hidden()
+    assert page.kept_tokens() == [TOKEN, 0]  # this tab's sessionStorage only
+
+    # The model's name is checked as the server checks it.
+    page.page.get_by_label("Model name").fill("-pair")
+    page.page.get_by_role("button", name="Train", exact=True).click()
+    assert page.page.locator("#train-problem").inner_text().startswith("A model name is letters, digits")
+    assert page.page.get_by_label("Model name").get_attribute("aria-invalid") == "true"
+    page.page.get_by_label("Model name").fill("pair")
+
+    # Two classes: digits chosen as files, one dropped on its class, one photo from the (fake) camera.
+    for label in ("zero", "one"):
+        page.add_class(label)
+    page.add_to_class("zero", *bundled("0")[:15])
+    page.add_to_class("one", *bundled("1")[:14])
+    extra = bundled("1")[14]
+    page.drop(extra.name, extra.read_bytes(), target='.class-card[data-label="one"]')
+    assert (page.class_count("zero"), page.class_count("one")) == (15, 15)
+    zero = page.class_card("zero")
+    assert zero.locator(".count").inner_text() == "15 images"
+    assert zero.locator(".class-thumbs img").count() == 15
+    zero.get_by_role("button", name="Take photos of zero").click()
+    page.page.locator("#capture:enabled").wait_for()
+    assert page.page.locator("#camera-title").inner_text() == "Camera: photos of zero"
+    page.page.get_by_role("button", name="Take the photo").click()
+    page.page.wait_for_function("() => document.querySelector('.class-card[data-label=zero]').dataset.count === '16'")
+    photo = zero.locator(".class-thumbs img").last
+    assert photo.get_attribute("alt") == "photo-1.jpg"
+    page.page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=photo.element_handle())
+    page.page.get_by_role("button", name="Done with the camera").click()
+    assert page.page.locator("#camera").is_hidden()
+    assert page.page.evaluate("document.querySelector('#camera-video').srcObject") is None  # the camera is off
+
+    page.page.get_by_label("Training steps").fill("200")
+    page.page.get_by_role("button", name="Train", exact=True).click()
+    job = page.page.locator("#job")
+    job.wait_for(state="visible")
+    page.page.wait_for_function(
+        "() => document.querySelector('#job').getAttribute('aria-busy') === 'false'", timeout=TRAIN_MS
+    )
+    assert page.page.locator("#job-error").inner_text() == ""
+    assert page.page.locator("#job-state").inner_text() == "Trained: version 1 of pair is served."
+    assert page.page.locator("#job-model").inner_text() == "pair"
+    assert page.page.locator("#job-step").inner_text() == "200 of 200"
+    assert page.page.locator("#job-images").inner_text().startswith("31 images in 2 classes: ")
+    assert page.page.locator("#job-train-accuracy").inner_text().endswith("%")
+    assert page.page.evaluate("document.querySelector('#job-bar').value") == 1
+
+    # "Try it": the Predict view, the new version chosen; a digit 1 the model never saw is "one".
+    page.page.get_by_role("button", name="Try it").click()
+    assert page.page.get_by_role("tab", name="Predict").get_attribute("aria-selected") == "true"
+    assert page.page.locator("#view-train").is_hidden()
+    page.wait_idle()
+    assert page.page.locator("#model-choice").input_value() == "pair"
+    assert page.page.locator("#version-choice").input_value() == "1"
+    assert page.page.locator("#picker-status").inner_text() == "Just trained: your images now go to version 1 of pair."
+    unseen = bundled("1")[-1]
+    page.upload(unseen)
+    page.wait_answered(1)
+    assert page.ranks(unseen.name)[0][0] == "one"
+    assert page.answered_by(unseen.name) == "Answered by pair, version 1"
+    assert page.card(unseen.name).get_attribute("data-model") == "pair"
+    page.assert_only_loopback()
+    assert not [url for url in page.requests if TOKEN in url]  # the token never goes into a URL
+
+
+def test_a_refused_job_shows_the_servers_reason_and_a_running_one_can_be_cancelled(tabs, trainer: Server) -> None:
+    page = tabs(trainer.url, described=False)
+    page.open_train()
+    page.enter_token(TOKEN)
+    page.page.get_by_label("Model name").fill("slow")
+    for label, digit in (("nought", "0"), ("unit", "1")):  # images whose features the cache may hold already
+        page.add_class(label)
+        page.add_to_class(label, *bundled(digit)[:10])
+    train = page.page.get_by_role("button", name="Train", exact=True)
+    idle = "() => document.querySelector('#job').getAttribute('aria-busy') === 'false'"
+    page.page.get_by_label("Training steps").fill("999999")  # over the server's --max_job_steps
+    train.click()
+    page.page.wait_for_function(idle)
+    assert page.page.locator("#job-error").inner_text() == (
+        "The server refused the job: how_many_training_steps must be 1 to 20000 (--max_job_steps), not '999999'"
+    )
+    assert page.page.locator("#try-it").is_hidden() and train.is_enabled()
+
+    page.page.get_by_label("Training steps").fill("20000")
+    train.click()
+    assert train.is_disabled()  # one job at a time from the page
+    page.page.wait_for_function("() => document.querySelector('#job-phase').textContent === 'Training'")
+    page.page.get_by_role("button", name="Cancel the job").click()
+    page.page.wait_for_function(idle)
+    assert page.page.locator("#job-state").inner_text() == "Cancelled: nothing was exported."
+    assert page.page.locator("#job-error").inner_text() == ""
+    assert page.page.locator("#try-it").is_hidden() and train.is_enabled()
+    assert served_versions(trainer, "slow") == []
+
+
+def test_the_token_is_asked_once_per_tab_and_again_when_refused(tabs, trainer: Server) -> None:
+    page = tabs(trainer.url, described=False)
+    page.open_train()
+    assert page.page.url.endswith("#train")
+    page.enter_token(TOKEN)
+    page.page.locator("#train-fields").wait_for(state="visible")
+    # A reload keeps the view and the token: not asked again.
+    page.page.reload()
+    page.wait_train_idle()
+    page.page.locator("#train-fields").wait_for(state="visible")
+    assert page.page.locator("#token-form").is_hidden() and page.kept_tokens() == [TOKEN, 0]
+    # Another tab (here a new browser context) has its own session: asked there.
+    other = tabs(trainer.url, described=False)
+    other.open_train()
+    assert other.page.locator("#token-form").is_visible() and other.kept_tokens() == [None, 0]
+    # A token the server refuses (say, after a restart with a new token file) is forgotten and asked for.
+    page.page.evaluate(f"sessionStorage.setItem('{TOKEN_KEY}', 'an-old-token-0123456789')")
+    page.page.reload()
+    page.wait_train_idle()
+    page.page.locator("#token-form").wait_for(state="visible")
+    assert (
+        page.page.locator("#token-error").inner_text()
+        == "The server refused the admin token (wrong admin token). Enter it again."
+    )
+    assert page.kept_tokens() == [None, 0]
+    page.enter_token(TOKEN)
+    page.page.get_by_role("button", name="Forget it").click()
+    assert page.page.locator("#token-form").is_visible() and page.kept_tokens() == [None, 0]
+
+
+def test_class_names_are_text_and_the_train_view_fits_a_phone(tabs, trainer: Server) -> None:
+    page = tabs(trainer.url, 375, 740, described=False)
+    page.open_train()
+    page.enter_token(TOKEN)
+    problem = page.page.locator("#train-problem")
+    for bad, message in (
+        ("a/b", "A class name cannot hold /, \\ or :."),
+        (".hidden", "A class name cannot start with a dot."),
+        ("", "Give the class a name."),
+    ):
+        page.add_class(bad)
+        assert problem.inner_text() == message, bad
+    markup = MARKUP[1]
+    page.add_class(markup)
+    page.add_class(markup)
+    assert problem.inner_text() == f"There is a class {markup} already."
+    page.add_class("IMG_20261122_101502_HDR_portrait_from_the_camera_roll_of_a_phone")
+    card = page.class_card(markup)
+    assert card.locator("h3").inner_text() == markup and card.locator("h3 img").count() == 0
+    page.add_to_class(markup, *bundled("7")[:3])
+    assert card.locator(".class-thumbs img").count() == 3
+    assert page.page.evaluate("typeof window.pwned") == "undefined"
+    page.page.get_by_label("Model name").fill("phone")
+    page.page.get_by_role("button", name="Train", exact=True).click()
+    long = "IMG_20261122_101502_HDR_portrait_from_the_camera_roll_of_a_phone"
+    assert problem.inner_text() == f"Class {long} has no images: add some, or remove it."
+    assert page.page.evaluate("document.documentElement.scrollWidth") <= 375
+    card.get_by_role("button", name=f"Remove {bundled('7')[0].name}", exact=True).click()  # one of its images
+    assert page.class_count(markup) == 2
+    page.class_card(long).get_by_role("button", name=f"Remove class {long}").click()
+    page.page.get_by_role("button", name="Train", exact=True).click()
+    assert problem.inner_text() == "Add at least two classes, each with images: a model tells classes apart."
+    assert page.page.locator("#job").is_hidden()  # nothing was sent
+
+
+def test_the_train_view_says_how_to_turn_training_on(tabs, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    server = start_models_server(tmp_path / "models", tmp_path / "server.log", "--wait_for_model", ready="/healthz")
+    try:
+        page = tabs(server.url, described=False)
+        # The tabs from the keyboard: the chosen one is in the Tab order, arrows choose the other.
+        page.page.keyboard.press("Tab")
+        assert page.page.evaluate("document.activeElement.id") == "tab-predict"
+        page.page.keyboard.press("ArrowRight")
+        assert page.page.evaluate("document.activeElement.id") == "tab-train"
+        assert page.page.locator("#tab-train").get_attribute("aria-selected") == "true"
+        assert page.page.locator("#view-predict").is_hidden()
+        page.wait_train_idle()
+        status = page.page.locator("#train-status").inner_text()
+        assert status.startswith("Training is off on this server (it says: the job API is off:")
+        assert "--admin_token_file FILE" in status
+        assert page.page.locator("#token-form").is_hidden() and page.page.locator("#train-fields").is_hidden()
+        page.page.keyboard.press("ArrowLeft")
+        assert page.page.locator("#view-predict").is_visible() and page.page.locator("#view-train").is_hidden()
+        page.assert_only_loopback()
+    finally:
+        server.stop()
+
+
+def test_the_pages_zip_is_read_by_zipfile_and_unpacked_by_serve(tabs, trainer: Server, tmp_path: Path) -> None:
+    """train.js's own zip writer (stored members, CRC-32, UTF-8 names), checked against zipfile and
+    the job API's unpacker."""
+    page = tabs(trainer.url, described=False)
+    members = {"zero/a.png": bytes(range(256)) * 3, "café/ü.jpg": b"\xff\xd8 not much", "café/empty.png": b""}
+    data = page.page.evaluate(
+        """async (members) => {
+            const entries = Object.entries(members).map(
+                ([name, bytes]) => ({ name, blob: new Blob([new Uint8Array(bytes)]) }),
+            );
+            const zip = await storedZip(entries, new Date(2026, 10, 22, 10, 15, 30));
+            return Array.from(new Uint8Array(await zip.arrayBuffer()));
+        }""",
+        {name: list(value) for name, value in members.items()},
+    )
+    archive = tmp_path / "page.zip"
+    archive.write_bytes(bytes(data))
+    with zipfile.ZipFile(archive) as zipped:
+        assert zipped.testzip() is None  # every CRC-32 right
+        assert [info.filename for info in zipped.infolist()] == list(members)
+        assert {name: zipped.read(name) for name in members} == members
+        assert {info.compress_type for info in zipped.infolist()} == {zipfile.ZIP_STORED}
+        assert zipped.infolist()[0].date_time == (2026, 11, 22, 10, 15, 30)
+    from serve.jobs.archive import unpack
+
+    (tmp_path / "out").mkdir()
+    unpacked = unpack(archive, tmp_path / "out")
+    assert (unpacked / "café" / "ü.jpg").read_bytes() == members["café/ü.jpg"]

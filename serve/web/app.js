@@ -367,6 +367,26 @@ function showProgress() {
   $("progress").textContent = pending ? `Asking about ${imageCount(pending)}…` : `${imageCount(done)} answered.`;
 }
 
+// --- views: Predict and Train -------------------------------------------------------------------
+
+const VIEWS = ["predict", "train"];
+let view = "predict";
+
+// The tabs follow WAI-ARIA's tabs pattern: the chosen tab is the one in the Tab order; arrows move between them.
+function showView(name, focus = false) {
+  view = name;
+  for (const each of VIEWS) {
+    const tab = $(`tab-${each}`);
+    tab.setAttribute("aria-selected", String(each === name));
+    tab.tabIndex = each === name ? 0 : -1;
+    $(`view-${each}`).hidden = each !== name;
+  }
+  if (focus) $(`tab-${name}`).focus();
+  history.replaceState(null, "", name === "train" ? "#train" : location.pathname + location.search);
+  if (name === "train") openTraining(); // train.js
+  else closeCamera();
+}
+
 // --- wiring ------------------------------------------------------------------------------------
 
 $("model-choice").addEventListener("change", (event) => {
@@ -402,29 +422,43 @@ $("clear").addEventListener("click", () => {
   showProgress();
 });
 
-// Drops anywhere on the page count; the drop zone lights up while files are dragged over the page.
+// Drops anywhere on the page count: in Predict they are asked about (the drop zone lights up while
+// files are dragged over the page); in Train they go to the class they are dropped on (train.js).
 let dragDepth = 0;
 const carriesFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
 window.addEventListener("dragenter", (event) => {
   if (!carriesFiles(event)) return;
   dragDepth += 1;
-  $("dropzone").classList.add("over");
+  if (view === "predict") $("dropzone").classList.add("over");
 });
 window.addEventListener("dragleave", () => {
   dragDepth = Math.max(0, dragDepth - 1);
-  if (!dragDepth) $("dropzone").classList.remove("over");
+  if (dragDepth) return;
+  $("dropzone").classList.remove("over");
+  dragOverClasses(null);
 });
 window.addEventListener("dragover", (event) => {
   if (!carriesFiles(event)) return;
   event.preventDefault();
   event.dataTransfer.dropEffect = "copy";
+  if (view === "train") dragOverClasses(event);
 });
 window.addEventListener("drop", (event) => {
   if (!carriesFiles(event)) return;
   event.preventDefault(); // else the browser leaves the page to show the file
   dragDepth = 0;
   $("dropzone").classList.remove("over");
-  addImages(event.dataTransfer.files);
+  if (view === "train") dropOnClasses(event);
+  else addImages(event.dataTransfer.files);
+});
+
+for (const name of VIEWS) $(`tab-${name}`).addEventListener("click", () => showView(name));
+$("tab-predict").parentElement.addEventListener("keydown", (event) => {
+  const index = VIEWS.indexOf(view);
+  const to = { ArrowRight: index + 1, ArrowLeft: index - 1, Home: 0, End: VIEWS.length - 1 }[event.key];
+  if (to === undefined) return;
+  event.preventDefault();
+  showView(VIEWS[(to + VIEWS.length) % VIEWS.length], true);
 });
 
 document.addEventListener("visibilitychange", () => {
