@@ -226,11 +226,15 @@ def test_bad_requests_are_400_with_a_reason_and_leave_nothing(server: Server, ro
     assert all((folder / "job.json").exists() for folder in jobs.iterdir())  # refused uploads leave no folder
 
 
-def test_one_class_fails_the_job_with_the_reason(server: Server) -> None:
+def test_one_class_is_refused_at_once_and_undecodable_classes_fail_the_job(server: Server) -> None:
     with server.client() as client:
-        job = submit(client, "single", digits_zip(["7"], 10)).json()["job"]
+        single = submit(client, "single", digits_zip(["7"], 10))
+        junk = {f"low/junk/{i}.png": b"not a png" for i in range(3)}
+        job = submit(client, "junk", digits_zip(["7"], 10, extra=junk)).json()["job"]
         done = finished(client, job)
+    assert single.status_code == 400 and "at least two" in single.json()["error"]
     assert done["state"] == "failed" and "class" in done["error"]
+    assert any("junk" in warning for warning in done["warnings"])  # the skipped files are listed
 
 
 def test_events_stream_until_the_job_ends_and_a_job_can_be_cancelled(server: Server, root: Path) -> None:

@@ -65,9 +65,18 @@ def unpack(archive: Path, destination: Path, limits: ArchiveLimits = ArchiveLimi
         raise ArchiveError(f"the zip cannot be unpacked: {e.strerror or e}") from e
     tops = {PurePosixPath(info.filename).parts[0] for info in members}
     only = next(iter(tops))
+    image_dir = destination
     if len(tops) == 1 and (destination / only).is_dir() and any(p.is_dir() for p in (destination / only).iterdir()):
-        return destination / only
-    return destination
+        image_dir = destination / only
+    classes = [
+        folder for folder in image_dir.iterdir() if folder.is_dir() and any(f.is_file() for f in folder.iterdir())
+    ]
+    if len(classes) < 2:
+        raise ArchiveError(
+            f"the zip has {len(classes)} label folder with files; a model needs at least two "
+            "(<label>/<image>, one folder per label)"
+        )
+    return image_dir
 
 
 def _checked(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
