@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -36,6 +37,42 @@ TRAINABLE_ARCHITECTURES = ("efficientnet_lite0", "efficientnet_lite2")  # featur
 FEATURE_SETS = ("auto", "final", "middle", "final+middle")
 HEADS = ("softmax", "prototype")
 COPY_CHUNK = 1 << 20
+OPTION_TYPES = {
+    "how_many_training_steps": "integer",
+    "learning_rate": "number",
+    "train_batch_size": "integer",
+    "random_seed": "integer",
+    "validation_percentage": "number",
+    "testing_percentage": "number",
+    "architecture": "string",
+    "bottleneck_layers": "string",
+    "head": "string",
+}
+JOB_REQUEST = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "description": "A zip of one folder of images per label, and optional training options",
+                    "properties": {
+                        "images": {"type": "string", "format": "binary"},
+                        **{option: {"type": kind} for option, kind in OPTION_TYPES.items()},
+                    },
+                    "required": ["images"],
+                }
+            }
+        },
+    }
+}
+
+
+class JobAccepted(BaseModel):
+    """A job queued: follow it at the `location` header, /v1/jobs/{job}."""
+
+    job: str
+    state: str
 
 
 @dataclass(frozen=True)
@@ -73,7 +110,13 @@ def job_routes(runner: JobRunner | None, settings: JobSettings | None) -> APIRou
 
     Jobs = Annotated[JobRunner, Depends(authorized)]  # noqa: N806 (a type, named as one)
 
-    @router.post("/v1/models/{name}/jobs", status_code=202, responses=errors(400, 401, 403, 404, 413, 415, 503))
+    @router.post(
+        "/v1/models/{name}/jobs",
+        status_code=202,
+        response_model=JobAccepted,
+        responses=errors(400, 401, 403, 404, 413, 415, 503),
+        openapi_extra=JOB_REQUEST,
+    )
     async def create_job(name: str, request: Request, jobs: Jobs) -> JSONResponse:
         """Train model `name`'s next version from a zip of folder-per-label images (field `images`), with
         optional training options as further fields: how_many_training_steps, learning_rate,
