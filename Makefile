@@ -52,6 +52,8 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/bottlenecks.py
 	$(BIN)/python bench/runs.py
 	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/jobs.py
 
 # After changing a dependency in pyproject.toml: install it, then pin everything again.
 constraints: $(TEST_STAMP)
