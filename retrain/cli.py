@@ -44,6 +44,19 @@ REMOTE_FLAGS = frozenset({"image_dir", "model_name", *JOB_OPTIONS})
     "--model_name",
     help="The model's name: letters, digits, '-', '_', '.'.  [default: the --image_dir folder's name]",
 )
+@click.option(
+    "--model_author",
+    default="retrain",
+    show_default=True,
+    help="The author that model.tflite's metadata names (what MediaPipe and Android Studio show).",
+)
+@click.option(
+    "--model_license",
+    default="Apache-2.0",
+    show_default=True,
+    help="The license that model.tflite's metadata states; the default backbones' weights are Apache-2.0, your "
+    "images' terms may add to it.",
+)
 @click.option("--bottleneck_dir", help="Bottleneck cache.  [default: ~/.cache/retrain/bottlenecks]")
 @click.option(
     "--architecture",

@@ -46,7 +46,9 @@ from retrain.choice import ChoiceMemo, FeatureChoice, choose_features
 from retrain.crossval import CrossValidation, cross_validate
 from retrain.errors import RetrainError
 from retrain.export import (
+    DEFAULT_AUTHOR,
     DEFAULT_EXPORT,
+    DEFAULT_LICENSE,
     Exported,
     NextVersion,
     check_model_name,
@@ -87,6 +89,8 @@ class RetrainConfig:
     output_dir: str | None = None  # None: <models_dir>/<model_name>/<next version>, and <models_dir>/latest
     models_dir: str = "models"
     model_name: str | None = None  # None: the image folder's name
+    model_author: str = DEFAULT_AUTHOR  # model.tflite's metadata
+    model_license: str = DEFAULT_LICENSE
     bottleneck_dir: str | None = None  # None: <user cache>/bottlenecks
     architecture: str = AUTO  # a registry backbone, or auto: Lite0, and Lite2 too when images are few
     tfhub_module: str | None = None
@@ -280,6 +284,8 @@ def _export(
         update_latest=config.output_dir is None,
         feature_model=None if trained.end_to_end else _feature_model(backbone, bottleneck_dir),
         complete=complete,
+        author=config.model_author,
+        license=config.model_license,
     )
     export_seconds = time.monotonic() - export_started - plot_seconds
     report.exported(exported, export_seconds, plot_seconds, time.monotonic() - started)
