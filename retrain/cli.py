@@ -183,6 +183,7 @@ REMOTE_FLAGS = frozenset({"image_dir", "model_name", *JOB_OPTIONS})
     default="tflite",
     show_default=True,
     help="What the export holds besides labels and model.json: tflite (always; serve runs it), and any of "
+    "tflite_fp16 (model_fp16.tflite, half the size), tflite_int8 (model_int8.tflite, int8 weights, a quarter), "
     "saved_model (TensorFlow Serving) and keras (model.keras, for --base_model), comma-separated.",
 )
 @click.option("--saved_model_dir", help="Also write the SavedModel (implies --export saved_model) and copy it here.")

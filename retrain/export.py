@@ -31,6 +31,7 @@ from retrain.backbones import Backbone
 from retrain.errors import RetrainError
 from retrain.heads import Head
 from retrain.paths import check_writable
+from retrain.quantize import VARIANTS, quantize
 from retrain.quiet import import_tensorflow_quietly
 from retrain.tflite_graph import operator_count
 from retrain.tflite_head import append_head
@@ -50,7 +51,8 @@ from serve.text import printable
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("tflite", "saved_model", "keras")  # model.tflite is always written: serve runs it
+# model.tflite is always written: serve runs it. tflite_fp16 and tflite_int8 are smaller copies (retrain.quantize).
+EXPORT_FORMATS = ("tflite", "tflite_fp16", "tflite_int8", "saved_model", "keras")
 DEFAULT_EXPORT = ("tflite",)
 DEFAULT_AUTHOR = "retrain"  # model.tflite's metadata: --model_author, --model_license
 DEFAULT_LICENSE = "Apache-2.0"  # the default backbones' weights are Apache-2.0; your images may say otherwise
@@ -124,6 +126,7 @@ def export_model(
     complete: Callable[[Path], None] | None = None,
     author: str = DEFAULT_AUTHOR,
     license: str = DEFAULT_LICENSE,
+    score: Callable[[bytes], float | None] | None = None,
 ) -> Exported:
     """Writes the export atomically, one export to `output_dir` at a time; with `update_latest`,
     repoints `latest` in the models folder at it. For a NextVersion, the version is chosen under
@@ -135,6 +138,8 @@ def export_model(
     network with TensorFlow. `complete`, called with the staging folder once the model is in it,
     adds what else the export holds (the report plots): it appears with the model, in the same rename.
     `author` and `license` go into model.tflite's metadata (`model_card`), with the model's name and version.
+    With quantized variants among `formats`, model.json's `variants` gives each TFLite file's size and,
+    with `score` (a model's flatbuffer -> its test accuracy), its accuracy.
     """
     versioned = output_dir if isinstance(output_dir, NextVersion) else None
     locked = versioned.model_root if versioned else Path(output_dir)
@@ -151,6 +156,10 @@ def export_model(
             card = model_card(info, name, version, author, license)
             written, shared = _write_models(staging, backbone, head, info, formats, feature_model, card)
             details = {**info.details, SHARED_BACKBONE: shared.to_json()} if shared else info.details
+            variants = _write_variants(staging, info, formats, card, score)
+            if variants:
+                written.update({name: entry["file"] for name, entry in variants.items() if name != "tflite"})
+                details = {**details, "variants": variants}
             replace(info, files={**info.files, **written}, details=details).write(staging)
             if complete is not None:
                 complete(staging)
@@ -251,6 +260,32 @@ def _write_models(
             else:
                 log.warning("no %s: the backbone %s is not a Keras model", KERAS_MODEL_FILE, backbone.name)
     return written, shared
+
+
+def _write_variants(
+    folder: Path,
+    info: ModelInfo,
+    formats: Collection[str],
+    card: ModelCard,
+    score: Callable[[bytes], float | None] | None,
+) -> dict[str, dict]:
+    """The quantized copies of model.tflite that `formats` ask for, each with the same metadata; returns
+    model.json's `variants` (model.tflite first): file, bytes, size against model.tflite, test accuracy."""
+    asked = [name for name in VARIANTS if name in formats]
+    if not asked:
+        return {}
+    model = (folder / TFLITE_FILE).read_bytes()
+    variants = {"tflite": {"file": TFLITE_FILE, "bytes": len(model), "test_accuracy": score(model) if score else None}}
+    for name in asked:
+        data = add_metadata(quantize(model, name), card, info.input_spec, info.labels)
+        (folder / VARIANTS[name]).write_bytes(data)
+        variants[name] = {
+            "file": VARIANTS[name],
+            "bytes": len(data),
+            "size_of_tflite": round(len(data) / len(model), 3),
+            "test_accuracy": score(data) if score else None,
+        }
+    return variants
 
 
 def model_card(info: ModelInfo, name: str, version: str, author: str, license: str) -> ModelCard:

@@ -75,6 +75,10 @@ def add_metadata(
     if len(model) < 8 or model[4:8] != TFLITE_IDENTIFIER:
         raise ValueError("not a TFLite model (no TFL3 identifier)")
     tree = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    for buffer in tree.buffers:
+        if buffer.offset > 1:  # data kept after the flatbuffer (as AI Edge Quantizer writes it): inline it
+            buffer.data = bytearray(model[buffer.offset : buffer.offset + buffer.size])
+            buffer.offset = buffer.size = 0
     if len(tree.subgraphs) != 1 or len(tree.subgraphs[0].inputs) != 1 or len(tree.subgraphs[0].outputs) != 1:
         raise ValueError("metadata is written for a model with one subgraph, one input and one output")
     image = image or TensorCard(
