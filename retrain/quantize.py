@@ -13,7 +13,7 @@ Runner are those of model.tflite:
 
 Full integer quantization (int8 activations too, calibrated on training images) was left out: it
 changes the input to int8, which MediaPipe reads as another preprocessing contract, and on these
-models it gained nothing over dynamic range in size (docs/decisions.md #49).
+models it gained nothing over dynamic range in size (docs/decisions.md #50).
 """
 
 from __future__ import annotations

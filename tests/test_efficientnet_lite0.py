@@ -64,7 +64,7 @@ def feature_model(top_model):  # after top_model: reuses its converted file
 def photos() -> dict[str, np.ndarray]:
     """scikit-learn's two bundled photos (640x427), cut to their central square, encoded (JPEG, PNG) and
     run through the shared preprocess. Square, because ImageNet's classes are judged on undistorted
-    pictures: stretched whole to 224x224 as the preprocessing does (docs/decisions.md #48), china.jpg
+    pictures: stretched whole to 224x224 as the preprocessing does (docs/decisions.md #49), china.jpg
     is "bell cote" (p 0.38, palace fourth) instead of "palace"."""
     encoded = {"china": _encode("china.jpg", "JPEG"), "flower": _encode("flower.jpg", "PNG")}
     return {name: preprocess(data, LITE0.input_spec) for name, data in encoded.items()}
