@@ -8,10 +8,10 @@ run costs no forward pass, and a different flag value or seed never reuses a wro
 Validation and test images are never augmented.
 
 The distortions keep retrain.py's meaning (its `add_input_distortions`), applied to what the model
-sees without augmentation, the central square crop of `serve.preprocess`:
+sees without augmentation, the whole image as `serve.preprocess` stretches it:
 
     random_crop        a margin of this many percent: the box is 1 / (1 + crop/100) of the
-                       square's side, at a random position inside the square
+                       image's width and height, at a random position inside the image
     random_scale       zoom in by a further random factor in [1, 1 + scale/100]
     flip_left_right    mirror horizontally, with probability 1/2
     random_brightness  multiply pixel values by a random factor in [1 - b/100, 1 + b/100]
@@ -29,10 +29,10 @@ import numpy as np
 from PIL import Image
 
 from retrain.errors import RetrainError
-from serve.preprocess import InputSpec, central_crop_box, resize_float
+from serve.preprocess import InputSpec, resize_float, round_pixels
 
 # Bump when `draw_distortion` or `apply_distortion` change: it is part of every variant's cache key.
-AUGMENTATION_VERSION = 1
+AUGMENTATION_VERSION = 2  # 1: boxes in the central square; 2: in the whole image
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Augmentation:
 class Distortion:
     """One draw of the distortions for one image, independent of the image's size."""
 
-    zoom: float = 1.0  # the box's side is the central square's side divided by this (>= 1)
+    zoom: float = 1.0  # the box's sides are the image's divided by this (>= 1)
     left: float = 0.0  # where the box sits in the room the zoom leaves: 0 = left edge .. 1 = right edge
     top: float = 0.0  # the same vertically
     flip: bool = False
@@ -101,19 +101,16 @@ def draw_distortion(augmentation: Augmentation, rng: np.random.Generator) -> Dis
 def apply_distortion(image: Image.Image, spec: InputSpec, distortion: Distortion) -> np.ndarray:
     """The distorted model input of an upright RGB image: uint8 of shape (height, width, 3).
 
-    The box is placed inside the central square in fractional pixels and resized with
-    `resize_float`, the resize `resize_for_model` uses (its filter may read the square's pixels just
-    outside the box); brightness is applied before the one rounding. The flip mirrors the resized
-    pixels, which is exact.
+    The box is placed inside the image in fractional pixels and resampled with `resize_float`, the
+    sampling `resize_for_model` uses (at the box's far edges it may read the pixels just outside
+    it); brightness is applied before the one rounding. The flip mirrors the resampled pixels.
     """
-    square = image.crop(central_crop_box(image.width, image.height))
-    side = square.width / distortion.zoom
-    room = square.width - side
-    left, top = distortion.left * room, distortion.top * room
-    pixels = resize_float(square, spec, (left, top, left + side, top + side))
+    width, height = image.width / distortion.zoom, image.height / distortion.zoom
+    left, top = distortion.left * (image.width - width), distortion.top * (image.height - height)
+    pixels = resize_float(image, spec, (left, top, left + width, top + height))
     if distortion.brightness != 1.0:
         pixels = pixels * np.float32(distortion.brightness)
-    pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    pixels = round_pixels(pixels)
     return np.ascontiguousarray(np.fliplr(pixels)) if distortion.flip else pixels
 
 

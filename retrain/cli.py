@@ -44,6 +44,19 @@ REMOTE_FLAGS = frozenset({"image_dir", "model_name", *JOB_OPTIONS})
     "--model_name",
     help="The model's name: letters, digits, '-', '_', '.'.  [default: the --image_dir folder's name]",
 )
+@click.option(
+    "--model_author",
+    default="retrain",
+    show_default=True,
+    help="The author that model.tflite's metadata names (what MediaPipe and Android Studio show).",
+)
+@click.option(
+    "--model_license",
+    default="Apache-2.0",
+    show_default=True,
+    help="The license that model.tflite's metadata states; the default backbones' weights are Apache-2.0, your "
+    "images' terms may add to it.",
+)
 @click.option("--bottleneck_dir", help="Bottleneck cache.  [default: ~/.cache/retrain/bottlenecks]")
 @click.option(
     "--architecture",
@@ -170,6 +183,7 @@ REMOTE_FLAGS = frozenset({"image_dir", "model_name", *JOB_OPTIONS})
     default="tflite",
     show_default=True,
     help="What the export holds besides labels and model.json: tflite (always; serve runs it), and any of "
+    "tflite_fp16 (model_fp16.tflite, half the size), tflite_int8 (model_int8.tflite, int8 weights, a quarter), "
     "saved_model (TensorFlow Serving) and keras (model.keras, for --base_model), comma-separated.",
 )
 @click.option("--saved_model_dir", help="Also write the SavedModel (implies --export saved_model) and copy it here.")

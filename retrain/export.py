@@ -6,7 +6,9 @@ and renamed into place at the end, so an export is either complete or absent. Ex
 take turns: each holds an exclusive `flock` on `.<name>.lock` beside it from creating its staging
 folder until its rename, and a second run waits (saying so) instead of renaming its folder over one
 still being written, or listing another run's temporary files as its own. `model.tflite` takes already-preprocessed
-pixels, which serve computes with `serve.preprocess`; when the backbone's converted feature model
+pixels, which serve computes with `serve.preprocess`, and carries TFLite Model Metadata (the input's
+normalisation, labels.txt packed inside: `retrain.tflite_metadata`) so that MediaPipe Tasks loads it
+as it is; when the backbone's converted feature model
 is cached, it is that model with the head appended (`retrain.tflite_head`), which needs no
 TensorFlow, and model.json records the digest of that backbone (`shared_backbone`), by which serve
 runs one backbone for every export that has it. The SavedModel's `serving_default` takes encoded
@@ -29,9 +31,11 @@ from retrain.backbones import Backbone
 from retrain.errors import RetrainError
 from retrain.heads import Head
 from retrain.paths import check_writable
+from retrain.quantize import VARIANTS, quantize
 from retrain.quiet import import_tensorflow_quietly
 from retrain.tflite_graph import operator_count
 from retrain.tflite_head import append_head
+from retrain.tflite_metadata import ModelCard, add_metadata
 from serve.model_info import (
     KERAS_MODEL_FILE,
     MODEL_JSON,
@@ -47,8 +51,11 @@ from serve.text import printable
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("tflite", "saved_model", "keras")  # model.tflite is always written: serve runs it
+# model.tflite is always written: serve runs it. tflite_fp16 and tflite_int8 are smaller copies (retrain.quantize).
+EXPORT_FORMATS = ("tflite", "tflite_fp16", "tflite_int8", "saved_model", "keras")
 DEFAULT_EXPORT = ("tflite",)
+DEFAULT_AUTHOR = "retrain"  # model.tflite's metadata: --model_author, --model_license
+DEFAULT_LICENSE = "Apache-2.0"  # the default backbones' weights are Apache-2.0; your images may say otherwise
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,9 @@ def export_model(
     update_latest: bool = False,
     feature_model: Path | None = None,
     complete: Callable[[Path], None] | None = None,
+    author: str = DEFAULT_AUTHOR,
+    license: str = DEFAULT_LICENSE,
+    score: Callable[[bytes], float | None] | None = None,
 ) -> Exported:
     """Writes the export atomically, one export to `output_dir` at a time; with `update_latest`,
     repoints `latest` in the models folder at it. For a NextVersion, the version is chosen under
@@ -127,6 +137,9 @@ def export_model(
     fine-tuned), makes model.tflite by appending the head to it instead of converting the whole
     network with TensorFlow. `complete`, called with the staging folder once the model is in it,
     adds what else the export holds (the report plots): it appears with the model, in the same rename.
+    `author` and `license` go into model.tflite's metadata (`model_card`), with the model's name and version.
+    With quantized variants among `formats`, model.json's `variants` gives each TFLite file's size and,
+    with `score` (a model's flatbuffer -> its test accuracy), its accuracy.
     """
     versioned = output_dir if isinstance(output_dir, NextVersion) else None
     locked = versioned.model_root if versioned else Path(output_dir)
@@ -138,8 +151,15 @@ def export_model(
         staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
         staging.mkdir()  # unlike mkdtemp, keeps the umask's permissions: an export is meant to be shared
         try:
-            written, shared = _write_models(staging, backbone, head, info.labels, formats, feature_model)
+            name = versioned.name if versioned else target.name
+            version = target.name if versioned else str(info.details.get("created") or "1")
+            card = model_card(info, name, version, author, license)
+            written, shared = _write_models(staging, backbone, head, info, formats, feature_model, card)
             details = {**info.details, SHARED_BACKBONE: shared.to_json()} if shared else info.details
+            variants = _write_variants(staging, info, formats, card, score)
+            if variants:
+                written.update({name: entry["file"] for name, entry in variants.items() if name != "tflite"})
+                details = {**details, "variants": variants}
             replace(info, files={**info.files, **written}, details=details).write(staging)
             if complete is not None:
                 complete(staging)
@@ -205,16 +225,18 @@ def _write_models(
     folder: Path,
     backbone: Backbone,
     head: Head,
-    labels: list[str],
+    info: ModelInfo,
     formats: Collection[str],
     feature_model: Path | None,
+    card: ModelCard,
 ) -> tuple[dict[str, str], SharedBackbone | None]:
-    """model.tflite and the asked-for TensorFlow formats in `folder`; returns model.json's `files`
-    additions, and its `shared_backbone` when model.tflite is the feature model with the head appended."""
-    written, shared = {}, None
+    """model.tflite (with its metadata) and the asked-for TensorFlow formats in `folder`; returns
+    model.json's `files` additions, and its `shared_backbone` when model.tflite is the feature model
+    with the head appended."""
+    written, shared, labels = {}, None, info.labels
     if feature_model is not None:
         features = feature_model.read_bytes()
-        model = append_head(features, head)
+        model = add_metadata(append_head(features, head), card, info.input_spec, labels)
         (folder / TFLITE_FILE).write_bytes(model)
         shared = shared_backbone(model, features)
     if feature_model is None or "saved_model" in formats or "keras" in formats:
@@ -225,7 +247,8 @@ def _write_models(
         if feature_model is None or "saved_model" in formats:
             tensorflow_export.save_classifier(saved_model, backbone, head, labels)
         if feature_model is None:
-            (folder / TFLITE_FILE).write_bytes(tensorflow_export.convert_to_tflite(saved_model))
+            converted = tensorflow_export.convert_to_tflite(saved_model)
+            (folder / TFLITE_FILE).write_bytes(add_metadata(converted, card, info.input_spec, labels))
         if "saved_model" in formats:
             written["saved_model"] = SAVED_MODEL_DIR
         else:
@@ -237,6 +260,53 @@ def _write_models(
             else:
                 log.warning("no %s: the backbone %s is not a Keras model", KERAS_MODEL_FILE, backbone.name)
     return written, shared
+
+
+def _write_variants(
+    folder: Path,
+    info: ModelInfo,
+    formats: Collection[str],
+    card: ModelCard,
+    score: Callable[[bytes], float | None] | None,
+) -> dict[str, dict]:
+    """The quantized copies of model.tflite that `formats` ask for, each with the same metadata; returns
+    model.json's `variants` (model.tflite first): file, bytes, size against model.tflite, test accuracy."""
+    asked = [name for name in VARIANTS if name in formats]
+    if not asked:
+        return {}
+    model = (folder / TFLITE_FILE).read_bytes()
+    variants = {"tflite": {"file": TFLITE_FILE, "bytes": len(model), "test_accuracy": score(model) if score else None}}
+    for name in asked:
+        data = add_metadata(quantize(model, name), card, info.input_spec, info.labels)
+        (folder / VARIANTS[name]).write_bytes(data)
+        variants[name] = {
+            "file": VARIANTS[name],
+            "bytes": len(data),
+            "size_of_tflite": round(len(data) / len(model), 3),
+            "test_accuracy": score(data) if score else None,
+        }
+    return variants
+
+
+def model_card(info: ModelInfo, name: str, version: str, author: str, license: str) -> ModelCard:
+    """model.tflite's metadata about the model: what it tells apart, what it was trained on and with
+    which backbone, and its test accuracy (what model.json records of them)."""
+    details = info.details
+    labels = ", ".join(info.labels[:12]) + (", ..." if len(info.labels) > 12 else "")
+    parts = [f"Classifies an image as one of {len(info.labels)} labels ({labels})."]
+    counts, flags = details.get("counts") or {}, details.get("flags") or {}
+    trained = f"Trained by retrain on {counts['training_images']:,} images" if "training_images" in counts else ""
+    if trained and flags.get("image_dir"):
+        trained += f" of the folder {Path(flags['image_dir']).name}"
+    features = (details.get("bottlenecks") or {}).get("features")
+    backbone = f"{info.backbone} features" + (f" ({features})" if features else "")
+    parts.append(f"{trained}, on {backbone}." if trained else f"Trained by retrain on {backbone}.")
+    metrics = details.get("metrics") or {}
+    if metrics.get("test_accuracy") is not None:
+        parts.append(f"Test accuracy {metrics['test_accuracy']:.1%} on {metrics['test_count']:,} images.")
+    elif (metrics.get("cross_validation") or {}).get("accuracy") is not None:
+        parts.append(f"Cross-validated accuracy {metrics['cross_validation']['accuracy']:.1%} (no test split).")
+    return ModelCard(name, " ".join(parts), version, author, license)
 
 
 def shared_backbone(model: bytes, feature_model: bytes) -> SharedBackbone | None:

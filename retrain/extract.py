@@ -91,7 +91,7 @@ class _Versions:
         """Normalised backbone input of the given versions; the image is decoded once for all, within `budget`."""
         if not self.copies:
             return [preprocess(data, spec, budget=budget)]
-        with decoded(data, (spec.width, spec.height), budget=budget) as image:
+        with decoded(data, budget=budget) as image:
             return [
                 normalize(variant_pixels(image, digest, spec, self.augmentation, copy, self.seed), spec)
                 for copy in which

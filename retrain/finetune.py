@@ -1,7 +1,7 @@
 """Training through the backbone on decoded images: fine-tuning its top layers, or a small network from scratch.
 
 The bottleneck cache cannot serve this step, since the features change with every update. Images
-are decoded once into memory as the cropped and resized uint8 pixels (150 KB each at 224x224) and
+are decoded once into memory as the resized uint8 pixels (150 KB each at 224x224) and
 normalised batch by batch. Batch-norm layers stay in inference mode (their statistics frozen), as
 Keras's transfer-learning guide advises for small data. The optimiser is SGD with momentum 0.9:
 plain gradient descent, retrain.py's choice for a linear head, is too slow for deep layers.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -46,7 +47,9 @@ from retrain.choice import ChoiceMemo, FeatureChoice, choose_features
 from retrain.crossval import CrossValidation, cross_validate
 from retrain.errors import RetrainError
 from retrain.export import (
+    DEFAULT_AUTHOR,
     DEFAULT_EXPORT,
+    DEFAULT_LICENSE,
     Exported,
     NextVersion,
     check_model_name,
@@ -63,8 +66,15 @@ from retrain.paths import check_writable, user_cache_dir
 from retrain.runtimes import FeatureRuntime, open_runtime
 from retrain.train import EvalRecord, HParams, accuracy_and_cross_entropy, initial_softmax_head, train_head
 from serve.budget import DecodeBudget
-from serve.model_info import CONFUSION_MATRIX_PNG, LABELS_TXT, SAVED_MODEL_DIR, TRAINING_CURVES_PNG, ModelInfo
-from serve.preprocess import decoded
+from serve.model_info import (
+    CONFUSION_MATRIX_PNG,
+    LABELS_TXT,
+    MODEL_JSON,
+    SAVED_MODEL_DIR,
+    TRAINING_CURVES_PNG,
+    ModelInfo,
+)
+from serve.preprocess import InputSpec, decoded, preprocess
 from serve.text import printable
 
 if TYPE_CHECKING:
@@ -87,6 +97,8 @@ class RetrainConfig:
     output_dir: str | None = None  # None: <models_dir>/<model_name>/<next version>, and <models_dir>/latest
     models_dir: str = "models"
     model_name: str | None = None  # None: the image folder's name
+    model_author: str = DEFAULT_AUTHOR  # model.tflite's metadata
+    model_license: str = DEFAULT_LICENSE
     bottleneck_dir: str | None = None  # None: <user cache>/bottlenecks
     architecture: str = AUTO  # a registry backbone, or auto: Lite0, and Lite2 too when images are few
     tfhub_module: str | None = None
@@ -280,10 +292,36 @@ def _export(
         update_latest=config.output_dir is None,
         feature_model=None if trained.end_to_end else _feature_model(backbone, bottleneck_dir),
         complete=complete,
+        author=config.model_author,
+        license=config.model_license,
+        score=_test_scorer(evaluation, info.input_spec),
     )
     export_seconds = time.monotonic() - export_started - plot_seconds
     report.exported(exported, export_seconds, plot_seconds, time.monotonic() - started)
+    variants = json.loads((exported.path / MODEL_JSON).read_text()).get("variants")
+    if variants:
+        report.variants(variants)
     return exported.path
+
+
+def _test_scorer(evaluation: Evaluation, spec: InputSpec) -> Callable[[bytes], float | None] | None:
+    """A TFLite model's accuracy on the test images, run end to end with LiteRT (the way a device runs
+    it); None where there is no test split (cross-validation)."""
+    if evaluation.cross_validation is not None or not evaluation.count:
+        return None
+
+    def score(model: bytes) -> float:
+        from serve.runtime import Runner
+
+        runner, right = Runner(model, threads=os.cpu_count() or 1), 0
+        for start in range(0, len(evaluation.paths), 32):
+            paths = evaluation.paths[start : start + 32]
+            pixels = np.stack([preprocess(read_regular_file(path), spec) for path in paths])
+            truth = evaluation.labels[start : start + 32]
+            right += int((np.argmax(runner.scores(pixels), axis=1) == truth).sum())
+        return right / len(evaluation.paths)
+
+    return score
 
 
 def _architectures(config: RetrainConfig, image_set: ImageSet) -> list[str]:

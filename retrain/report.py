@@ -249,3 +249,14 @@ def exported(export: Exported, export_seconds: float, plot_seconds: float, total
         f"Exported model to {printable(export.path)} ({', '.join(export.files)}) in {export_seconds:.2f}s, "
         f"plots in {plot_seconds:.1f}s; {total_seconds:.1f}s total."
     )
+
+
+def variants(entries: dict[str, dict]) -> None:
+    """Each TFLite file of the export: its size and its accuracy on the test split (LiteRT, end to end)."""
+    for entry in entries.values():
+        size = f"{entry['bytes'] / 1e6:.1f} MB" + (
+            f", {entry['size_of_tflite']:.2f}x model.tflite" if "size_of_tflite" in entry else ""
+        )
+        accuracy = entry.get("test_accuracy")
+        scored = f"; test accuracy {accuracy * 100:.1f}%" if accuracy is not None else ""
+        _say(f"  {entry['file']:<20} {size}{scored}")

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from retrain.backbones import Backbone
 from retrain.heads import Head
-from serve.preprocess import CENTRAL_FRACTION, InputSpec
+from serve.preprocess import SUBPIXEL, InputSpec
 
 PIXELS_SIGNATURE = "classify_pixels"
 
@@ -92,10 +92,10 @@ def _tf_variables(variables: list) -> list[tf.Variable]:
 def decode_and_preprocess(data: tf.Tensor, spec: InputSpec) -> tf.Tensor:
     """`serve.preprocess.preprocess` in TensorFlow ops, for the SavedModel's bytes signature.
 
-    Same JPEG DCT, integer central square crop, float bicubic resize (Keys a=-0.5, antialiased
-    like Pillow), rounding to 8-bit and normalisation: the pixels are identical for PNG and for
-    JPEGs small enough that Pillow's draft mode does not apply. EXIF orientation, alpha
-    compositing and draft mode are Pillow-only.
+    Same JPEG DCT, the whole image sampled bilinearly as `serve.preprocess.resize_float` does
+    (corners on corners, positions rounded to 1/32 pixel, edges clamped; exact in float32), halves
+    rounded up to 8-bit, and normalisation: the pixels are identical. EXIF orientation and alpha
+    compositing are Pillow-only.
     """
     image = tf.cond(
         tf.io.is_jpeg(data),
@@ -103,12 +103,23 @@ def decode_and_preprocess(data: tf.Tensor, spec: InputSpec) -> tf.Tensor:
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
     )
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    side = tf.maximum(1, tf.cast(CENTRAL_FRACTION * tf.cast(tf.minimum(height, width), tf.float32), tf.int32))
-    image = tf.slice(image, [(height - side + 1) // 2, (width - side + 1) // 2, 0], [side, side, 3])
-    resized = tf.image.resize(tf.cast(image, tf.float32), [spec.height, spec.width], method="bicubic", antialias=True)
-    pixels = tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+    rows, row_weights = _taps(tf.shape(image)[0], spec.height)
+    columns, column_weights = _taps(tf.shape(image)[1], spec.width)
+    picked = tf.gather(tf.cast(image, tf.float32), rows)  # (2, height, W, 3)
+    blended = picked[0] * (1 - row_weights)[:, None, None] + picked[1] * row_weights[:, None, None]
+    picked = tf.gather(blended, columns, axis=1)  # (height, 2, width, 3)
+    resized = picked[:, 0] * (1 - column_weights)[None, :, None] + picked[:, 1] * column_weights[None, :, None]
+    pixels = tf.clip_by_value(tf.floor(resized + 0.5), 0.0, 255.0)
     return (pixels - spec.mean) / spec.std
+
+
+def _taps(limit: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """`serve.preprocess._taps` of the whole axis, in TensorFlow ops (float64 positions, rounded alike)."""
+    scale = tf.cast(limit, tf.float64) / size
+    positions = tf.round(tf.range(size, dtype=tf.float64) * scale * SUBPIXEL) / SUBPIXEL
+    first = tf.floor(positions)
+    indices = tf.clip_by_value(tf.cast(tf.stack([first, first + 1]), tf.int32), 0, limit - 1)
+    return indices, tf.cast(positions - first, tf.float32)
 
 
 def is_keras_model(backbone: Backbone) -> bool:

@@ -156,6 +156,16 @@ class ServeError(Exception):
     help="How often to look for new, changed and removed models and versions (0: only on SIGHUP).",
 )
 @click.option(
+    "--variant",
+    type=click.Choice(["tflite", "tflite_fp16", "tflite_int8"]),
+    default="tflite",
+    show_default=True,
+    envvar="SERVE_VARIANT",
+    show_envvar=True,
+    help="Which TFLite file of each export to run: model.tflite, or the smaller model_fp16.tflite or "
+    "model_int8.tflite that `retrain --export` wrote (run whole: a variant shares no backbone).",
+)
+@click.option(
     "--share_backbones/--no_share_backbones",
     default=True,
     show_default=True,
@@ -218,7 +228,11 @@ def predict(
     from serve.runtime import load_model
 
     name, folder = _version_folder(options["catalog"], name, version)
-    model = _load(lambda: load_model(folder, workers=1, threads_per_worker=options["threads_per_worker"]))
+    model = _load(
+        lambda: load_model(
+            folder, workers=1, threads_per_worker=options["threads_per_worker"], variant=options["variant"]
+        )
+    )
     spec = {"name": name, "version": str(model.version)}
     failed = 0
     for path in images:
@@ -252,7 +266,7 @@ def _run_server(**options) -> None:
     batching = Batching(
         options["workers"], options["threads_per_worker"], options["max_batch_size"], options["batch_timeout_ms"] / 1000
     )
-    loader = Loader(batching, metrics, share_backbones=options["share_backbones"])
+    loader = Loader(batching, metrics, share_backbones=options["share_backbones"], variant=options["variant"])
     catalog: Catalog = options["catalog"]
     manager = ModelManager(catalog, loader, on_change=metrics.serving)
     manager.reconcile(quiet=True)  # the refusals are reported below, once

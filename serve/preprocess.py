@@ -1,11 +1,13 @@
 """The one preprocessing function shared by retrain and serve: image bytes -> normalised pixels.
 
-Pillow + numpy only, so the serve runtime needs no TensorFlow. The steps follow the classic
-ImageNet evaluation recipe ("resize to 256, crop 224"): honour EXIF orientation, convert any
-mode to RGB, take the central square whose side is 87.5% of the shorter side (so the aspect ratio
-is kept), resize it bicubically to the backbone's input size, then apply the backbone's
-normalisation `(pixel - mean) / std`. `retrain.export` repeats these steps in TensorFlow ops, with
-the same integer rounding, for the SavedModel that TensorFlow Serving runs.
+Pillow + numpy only, so the serve runtime needs no TensorFlow. The steps are the ones on-device
+clients take, so that a model answers alike in training, in `serve` and on a phone: honour EXIF
+orientation, convert any mode to RGB, then stretch the *whole* image to the backbone's input size
+(no crop, the aspect ratio not kept) by bilinear sampling exactly as MediaPipe Tasks'
+ImageClassifier does on the CPU (`resize_float`), round to 8 bits, and apply the backbone's
+normalisation `(pixel - mean) / std`, which model.tflite's metadata states. `retrain.export`
+repeats these steps in TensorFlow ops for the SavedModel that TensorFlow Serving runs.
+(docs/decisions.md #49.)
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ if TYPE_CHECKING:
     from serve.budget import DecodeBudget
 
 # Bump when the steps below change: it is part of every bottleneck cache key.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2  # 1: central 87.5% square, bicubic; 2: the whole image, MediaPipe's bilinear
 
-CENTRAL_FRACTION = 0.875
+# Sample positions are rounded to 1/32 of a pixel, as OpenCV's warps (MediaPipe's CPU path) do.
+SUBPIXEL = 32
 
 # Decompression-bomb guard: more pixels than this is refused, not decoded (a 12k x 12k photo).
 MAX_IMAGE_PIXELS = 144_000_000
@@ -70,27 +73,18 @@ class InputSpec:
         return cls(int(data["height"]), int(data["width"]), float(data["mean"]), float(data["std"]))
 
 
-def central_crop_box(width: int, height: int, fraction: float = CENTRAL_FRACTION) -> tuple[int, int, int, int]:
-    """The (left, top, right, bottom) of the central square, `fraction` of the shorter side wide."""
-    side = max(1, int(fraction * min(width, height)))
-    left, top = (width - side + 1) // 2, (height - side + 1) // 2
-    return left, top, left + side, top + side
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decodes encoded image bytes to an upright RGB Pillow image, at full size.
 
-
-def decode_image(data: bytes, target_size: tuple[int, int] | None = None, max_pixels: int | None = None) -> Image.Image:
-    """Decodes encoded image bytes to an upright RGB Pillow image.
-
-    `target_size` (width, height) lets JPEG decoding use draft mode: the DCT scales a large photo
-    down by 2, 4 or 8 while decoding, never below twice the target, which is much faster and does
-    not change what the bicubic resize produces in any visible way. Images with more than
-    `max_pixels` (default MAX_IMAGE_PIXELS) are refused from their header, before decoding.
+    Images with more than `max_pixels` (default MAX_IMAGE_PIXELS) are refused from their header,
+    before decoding. JPEGs are not decoded in draft mode (scaled down by the DCT): a client samples
+    the full-size image, and so do training and serve (docs/decisions.md #49).
     """
-    return load_image(open_image(data, target_size, max_pixels))
+    return load_image(open_image(data, max_pixels))
 
 
-def open_image(data: bytes, target_size: tuple[int, int] | None = None, max_pixels: int | None = None) -> Image.Image:
-    """The image's header, read and checked (format in FORMATS, at most `max_pixels`), nothing decoded.
-    Its `size` is what `load_image` will decode: for a JPEG, already reduced by draft mode."""
+def open_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """The image's header, read and checked (format in FORMATS, at most `max_pixels`), nothing decoded."""
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise NotAnImageError("empty file")
@@ -107,8 +101,6 @@ def open_image(data: bytes, target_size: tuple[int, int] | None = None, max_pixe
             raise NotAnImageError(f"not an image in a format read here ({', '.join(FORMATS)})") from e
     if image.width * image.height > limit:
         raise ImageTooLargeError(f"image is {image.width}x{image.height} pixels, more than {limit:,}")
-    if target_size is not None and image.format == "JPEG":
-        image.draft("RGB", (2 * target_size[0], 2 * target_size[1]))
     return image
 
 
@@ -142,27 +134,51 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_for_model(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """Central crop + bicubic resize to the spec's size: uint8 array of shape (height, width, 3)."""
-    # Crop, then resize each channel in float and round once at the end. This is what
-    # TensorFlow's resize does (the SavedModel's path), so both give the same pixels; Pillow's
-    # 8-bit resize would round and clip between its horizontal and vertical passes.
-    cropped = image.crop(central_crop_box(image.width, image.height))
-    return np.clip(np.rint(resize_float(cropped, spec)), 0, 255).astype(np.uint8)
+    """The whole image stretched to the spec's size (`resize_float`), rounded: uint8 (height, width, 3)."""
+    return round_pixels(resize_float(image, spec))
+
+
+def round_pixels(values: np.ndarray) -> np.ndarray:
+    """Float pixel values to uint8, halves rounded up (as OpenCV's fixed-point warps round)."""
+    return np.clip(np.floor(values + np.float32(0.5)), 0, 255).astype(np.uint8)
 
 
 def resize_float(
     image: Image.Image, spec: InputSpec, box: tuple[float, float, float, float] | None = None
 ) -> np.ndarray:
-    """Bicubic resize of `image`, or of its `box` (left, top, right, bottom; may be fractional), to the
-    spec's size, each channel in float and not rounded: float32 of shape (height, width, 3).
+    """Bilinear resampling of the whole `image`, or of its `box` (left, top, right, bottom in pixels,
+    may be fractional), to the spec's size, not rounded: float32 of shape (height, width, 3).
 
-    `resize_for_model` rounds this once. Training-time augmentation passes a box to zoom into the
-    central crop and scales brightness before rounding, so it goes through the very same resize.
+    This is MediaPipe Tasks' ImageClassifier on the CPU (its ImageToTensorCalculator, an OpenCV
+    warp), measured bit for bit (tests/test_mediapipe.py): output pixel (row i, column j) samples
+    the source at (top + i * (bottom - top) / height, left + j * (right - left) / width), pixel
+    corners on corners as TensorFlow 1's `resize_bilinear` maps them (not pixel centres); each
+    position is rounded to 1/32 pixel, and samples past the last row or column take its values.
+    No antialiasing: shrinking a large photo samples it, as the device does. The two passes are
+    exact in float32 (weights are multiples of 1/32), so only `round_pixels` rounds. A position
+    exactly half-way between two 1/32 steps (possible only when an output side is a multiple of 64)
+    goes to the even step here, either way in MediaPipe.
+
+    `resize_for_model` rounds this once. Training-time augmentation passes a box (a zoom into the
+    image) and scales brightness before rounding, so it goes through the very same sampling.
     """
-    size = (spec.width, spec.height)
-    resample = Image.Resampling.BICUBIC
-    channels = [np.asarray(band.convert("F").resize(size, resample, box=box)) for band in image.split()]
-    return np.stack(channels, axis=-1)
+    left, top, right, bottom = box if box is not None else (0.0, 0.0, float(image.width), float(image.height))
+    pixels = np.asarray(image)
+    rows, row_weights = _taps(top, bottom, spec.height, image.height)
+    columns, column_weights = _taps(left, right, spec.width, image.width)
+    picked = pixels[rows].astype(np.float32)  # (2, height, W, 3): the two source rows of each output row
+    blended = picked[0] * (1 - row_weights)[:, None, None] + picked[1] * row_weights[:, None, None]
+    picked = blended[:, columns]  # (height, 2, width, 3)
+    return picked[:, 0] * (1 - column_weights)[None, :, None] + picked[:, 1] * column_weights[None, :, None]
+
+
+def _taps(start: float, end: float, size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two source indices (2, size) and the weight of the second (size,) of each output position
+    along one axis, sampling [start, end) of a source `limit` pixels long."""
+    positions = np.round((start + np.arange(size, dtype=np.float64) * ((end - start) / size)) * SUBPIXEL) / SUBPIXEL
+    first = np.floor(positions)
+    indices = np.clip(np.stack([first, first + 1]).astype(np.int64), 0, limit - 1)
+    return indices, (positions - first).astype(np.float32)
 
 
 def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -176,22 +192,17 @@ def preprocess(
     """Encoded image bytes -> float32 array (height, width, 3), ready for the backbone. With a
     `budget`, decoding and resizing wait until the memory they need (from the header) is free in it;
     an image that alone needs more than the budget is an ImageTooLargeError."""
-    with decoded(data, (spec.width, spec.height), max_pixels, budget) as image:
+    with decoded(data, max_pixels, budget) as image:
         return normalize(resize_for_model(image, spec), spec)
 
 
 @contextmanager
-def decoded(
-    data: bytes,
-    target_size: tuple[int, int] | None = None,
-    max_pixels: int | None = None,
-    budget: DecodeBudget | None = None,
-) -> Iterator[Image.Image]:
+def decoded(data: bytes, max_pixels: int | None = None, budget: DecodeBudget | None = None) -> Iterator[Image.Image]:
     """`decode_image` for the length of a block. With a `budget`, the image's cost (from its header,
     `serve.budget.decode_cost`) is held in it from before decoding until the block ends, so whatever
     the block makes of the image (resizes, augmented copies) is inside the budget too; an image that
     alone needs more than the whole budget is an ImageTooLargeError, raised before decoding."""
-    header = open_image(data, target_size, max_pixels)
+    header = open_image(data, max_pixels)
     if budget is None:
         yield load_image(header)
         return

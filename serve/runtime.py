@@ -62,8 +62,11 @@ class LoadedModel:
         return [Ranked(self.labels[i], float(scores[i])) for i in order]
 
 
-def load_model(model_dir: str | Path, workers: int = 1, threads_per_worker: int | None = None) -> LoadedModel:
-    """Loads and checks an export: ModelDirError (one readable line) if it cannot serve.
+def load_model(
+    model_dir: str | Path, workers: int = 1, threads_per_worker: int | None = None, variant: str = "tflite"
+) -> LoadedModel:
+    """Loads and checks an export: ModelDirError (one readable line) if it cannot serve. `variant` is the
+    model.json `files` entry to run: tflite (model.tflite), or a smaller copy (tflite_fp16, tflite_int8).
 
     The check runs one inference on a blank image, so a truncated or mismatched model.tflite is
     refused here, at start-up or reload, and never reaches a request.
@@ -73,7 +76,9 @@ def load_model(model_dir: str | Path, workers: int = 1, threads_per_worker: int 
         raise ModelDirError(f"--model_dir {model_dir} is not a directory")
     directory = directory.resolve()
     info = read_model_info(directory)
-    tflite = directory / TFLITE_FILE
+    if variant != "tflite" and variant not in info.files:
+        raise ModelDirError(f"{directory} has no {variant} variant (export it with `retrain --export {variant}`)")
+    tflite = directory / info.files.get(variant, TFLITE_FILE)
     threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
     try:
         runners = [Runner(tflite, threads) for _ in range(workers)]

@@ -23,17 +23,17 @@ from retrain.augment import (
 )
 from retrain.cache import BottleneckCache, image_digest
 from retrain.errors import RetrainError
-from serve.preprocess import InputSpec, central_crop_box, decode_image, normalize, resize_float, resize_for_model
+from serve.preprocess import InputSpec, decode_image, normalize, resize_float, resize_for_model, round_pixels
 
 from .conftest import DIGITS, copy_digits, jpeg_bytes
 
 SPEC = InputSpec(height=224, width=224, mean=127.0, std=128.0)
-PHOTO = jpeg_bytes(500, 375, seed=1)  # wider than tall: the central square is a real crop
+PHOTO = jpeg_bytes(500, 375, seed=1)  # wider than tall: stretched to a square
 DIGIT = (DIGITS / "3" / "digit_0003.png").read_bytes()  # 8x8, upscaled 32 times
 
 
 def _image(data: bytes) -> Image.Image:
-    return decode_image(data, target_size=(SPEC.width, SPEC.height))
+    return decode_image(data)
 
 
 def _copies(data: bytes, augmentation: Augmentation, count: int = 20, seed: int = 0) -> list[np.ndarray]:
@@ -93,17 +93,18 @@ def test_draw_follows_retrain_py_percentages() -> None:
     assert 0.7 <= min(brightness) < 0.8 and 1.2 < max(brightness) <= 1.3
 
 
-def test_zoom_takes_the_part_of_the_central_square_where_the_box_is_placed() -> None:
-    """Zoom 2 at (0, 0) is the top-left quarter of the central square, resized; at (1, 1) the bottom right."""
-    image = _image(PHOTO)
-    square = image.crop(central_crop_box(image.width, image.height))
-    side, half = square.width, square.width // 2
+def test_zoom_takes_the_part_of_the_image_where_the_box_is_placed() -> None:
+    """Zoom 2 at (0, 0) is the top-left quarter of the image, resampled; at (1, 1) the bottom right."""
+    image = _image(jpeg_bytes(500, 376, seed=1))  # even sides: the quarters' boxes are whole pixels
+    width, height = image.width // 2, image.height // 2
     corners = {}
-    for place, box in [(0, (0, 0, half, half)), (1, (side - half, side - half, side, side))]:
-        zoomed = apply_distortion(image, SPEC, Distortion(zoom=side / half, left=place, top=place))
-        quarter = np.clip(np.rint(resize_float(square.crop(box), SPEC)), 0, 255)
-        # The same but at the edges, where the zoomed box's filter sees the pixels around it.
-        assert np.abs(zoomed[16:-16, 16:-16].astype(int) - quarter[16:-16, 16:-16]).max() <= 1
+    for place, box in [(0, (0, 0, width, height)), (1, (width, height, image.width, image.height))]:
+        zoomed = apply_distortion(image, SPEC, Distortion(zoom=2, left=place, top=place))
+        np.testing.assert_array_equal(zoomed, round_pixels(resize_float(image, SPEC, box)))
+        # The quarter cut out and stretched alike: the same but at its far edges, where the box's
+        # samples read the pixels beyond it.
+        quarter = resize_for_model(image.crop(box), SPEC)
+        np.testing.assert_array_equal(zoomed[:-8, :-8], quarter[:-8, :-8])
         corners[place] = zoomed
     assert np.abs(corners[0].astype(int) - corners[1]).mean() > 5
 
@@ -218,7 +219,7 @@ def test_copies_are_computed_once_then_read_from_the_cache(backbone, images: lis
     # Each row is the forward pass of exactly that copy's pixels, in its own place.
     for index in (0, 9):
         data = images[index].read_bytes()
-        image = decode_image(data, target_size=(224, 224))
+        image = decode_image(data)
         for copy in range(2):
             pixels = variant_pixels(image, image_digest(data), backbone.input_spec, AUGMENTATION, copy, 7)
             expected = backbone.model(normalize(pixels, backbone.input_spec)[None]).numpy()[0]

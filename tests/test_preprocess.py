@@ -1,4 +1,4 @@
-"""The one preprocessing function: modes, orientation, crop, draft mode, and undecodable files."""
+"""The one preprocessing function: modes, orientation, the whole image sampled bilinearly, and undecodable files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from serve.preprocess import (
     ImageTooLargeError,
     InputSpec,
     NotAnImageError,
-    central_crop_box,
     decode_image,
     preprocess,
     resize_for_model,
@@ -68,10 +67,27 @@ def test_exif_orientation_is_applied() -> None:
     assert upright.size == (20, 40)
 
 
-def test_central_crop_is_a_square_of_the_shorter_side() -> None:
-    assert central_crop_box(640, 427) == (134, 27, 507, 400)  # 373 = int(0.875 * 427)
-    assert central_crop_box(8, 8) == (1, 1, 8, 8)
-    assert central_crop_box(1, 1) == (0, 0, 1, 1)
+def test_the_whole_image_is_stretched_corners_on_corners_in_thirty_seconds_of_a_pixel() -> None:
+    """A 3x2 image to 4x4: output (i, j) samples the source at (i * 2/4, j * 3/4), each rounded to 1/32
+    pixel, the last row and column repeated beyond the edge; halves round up."""
+    source = np.array([[0, 100, 200], [40, 140, 240]], np.uint8)
+    image = Image.fromarray(np.repeat(source[..., None], 3, axis=2))
+    got = resize_for_model(image, InputSpec(4, 4, 0.0, 1.0))[..., 0]
+    columns = [0, 75, 150, 200]  # at x = 0, 0.75, 1.5 and 2.25 (past the last column: 200)
+    expected = np.array([[c + 40 * y for c in columns] for y in (0, 0.5, 1, 1)])  # y = 0, 0.5, 1, 1.5
+    np.testing.assert_array_equal(got, expected)
+    thirds = Image.fromarray(np.repeat(np.array([[0, 255, 255]], np.uint8)[..., None], 3, axis=2))
+    # x = 1/3 is rounded to 11/32: 255 * 11/32 = 87.66 -> 88; 2/3 -> 21/32: 167.34 -> 167
+    got = resize_for_model(thirds, InputSpec(1, 9, 0.0, 1.0))[0, :, 0]
+    np.testing.assert_array_equal(got, [0, 88, 167, 255, 255, 255, 255, 255, 255])
+
+
+def test_the_aspect_ratio_is_not_kept_nor_the_image_cropped() -> None:
+    """A wide picture's left and right edges reach the model's edges: nothing is cut off."""
+    pixels = np.zeros((30, 90, 3), np.uint8)
+    pixels[:, :3] = 255  # a white stripe at the very left
+    got = resize_for_model(Image.fromarray(pixels), InputSpec(32, 32, 0.0, 1.0))
+    assert (got[:, 0] == 255).all() and (got[:, 2:] == 0).all()
 
 
 @pytest.mark.parametrize(
@@ -104,11 +120,10 @@ def test_digits_are_upscaled_without_crop_and_normalised() -> None:
     np.testing.assert_allclose(preprocess(data, spec), (raw.astype(np.float32) - 127) / 128)
 
 
-def test_draft_mode_on_a_large_photo_gives_nearly_the_same_pixels() -> None:
-    data = jpeg_bytes(2000, 1500, seed=3)
-    drafted = resize_for_model(decode_image(data, target_size=(224, 224)), InputSpec(224, 224, 0, 1))
-    full = resize_for_model(decode_image(data), InputSpec(224, 224, 0, 1))
-    assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 2.0
+def test_a_large_jpeg_is_decoded_at_full_size() -> None:
+    """No draft mode: the sampled pixels are the full-size image's, as a client's are."""
+    image = decode_image(jpeg_bytes(2000, 1500, seed=3))
+    assert image.size == (2000, 1500)
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ def test_export_layout_model_json_and_latest_link(digits_run) -> None:
     choice = info["bottlenecks"]["choice"]
     assert choice["method"] == "validation split (172 images)" and choice["chosen"] == info["bottlenecks"]["features"]
     assert [c["features"] for c in choice["candidates"]] == ["final", "middle", "final+middle"]
-    assert info["input"] == {"height": 224, "width": 224, "mean": 127.0, "std": 128.0, "preprocessing_version": 1}
+    assert info["input"] == {"height": 224, "width": 224, "mean": 127.0, "std": 128.0, "preprocessing_version": 2}
     assert info["metrics"]["test_accuracy"] == result.test_accuracy
     assert info["counts"]["skipped_images"] == 0 and sum(info["counts"]["per_class"].values()) == 1797
     assert info["flags"]["how_many_training_steps"] == 4000 and info["versions"]["tensorflow"]

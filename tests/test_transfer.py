@@ -293,7 +293,8 @@ def test_augmented_copies_are_cached_and_only_of_training_images(root: Path, dig
     }  # fmt: skip
     _, plain = retrain(root, "not-augmented", "--image_dir", str(digits), "--how_many_training_steps", "200")
     weights = [keras.saving.load_model(e / "model.keras").layers[-1].get_weights()[0] for e in (export, plain)]
-    assert not np.allclose(*weights)
+    # With 19 images a class, auto may keep another backbone's features for either run: other weights too.
+    assert weights[0].shape != weights[1].shape or not np.allclose(*weights)
 
 
 def test_augmentation_reaches_training_through_the_backbone(root: Path, digits: Path) -> None:

@@ -80,10 +80,17 @@ class SharedBackbones:
 class Loader:
     """`loader(name, version, folder)` -> a ServedModel, or ModelDirError (one line) if it cannot serve."""
 
-    def __init__(self, batching: Batching, metrics: ServeMetrics | None = None, share_backbones: bool = True):
+    def __init__(
+        self,
+        batching: Batching,
+        metrics: ServeMetrics | None = None,
+        share_backbones: bool = True,
+        variant: str = "tflite",
+    ):
         self.batching = batching
         self.metrics = metrics
         self.share_backbones = share_backbones
+        self.variant = variant  # which TFLite file of each export; a quantized one runs whole
         self._threads = batching.threads_per_worker or max(1, (os.cpu_count() or 1) // batching.workers)
         self.backbones = SharedBackbones(self._batcher, batching.workers, self._threads)
 
@@ -103,9 +110,9 @@ class Loader:
         if not folder.is_dir():
             raise ModelDirError(f"{folder} is not a directory")
         info = read_model_info(folder)
-        if self.share_backbones and info.shared_backbone is not None:
+        if self.share_backbones and info.shared_backbone is not None and self.variant == "tflite":
             return self._on_shared_backbone(version, folder.resolve(), info)
-        model = load_model(folder, self.batching.workers, self.batching.threads_per_worker)
+        model = load_model(folder, self.batching.workers, self.batching.threads_per_worker, self.variant)
         model = LoadedModel(model.directory, model.info, model.runners, version)
         return ServedModel(model, self._batcher(name, model.runners))
 
