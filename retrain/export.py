@@ -22,10 +22,12 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from retrain.backbones import Backbone
 from retrain.errors import RetrainError
@@ -127,6 +129,7 @@ def export_model(
     author: str = DEFAULT_AUTHOR,
     license: str = DEFAULT_LICENSE,
     score: Callable[[bytes], float | None] | None = None,
+    calibration: Callable[[], tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] | None = None,
 ) -> Exported:
     """Writes the export atomically, one export to `output_dir` at a time; with `update_latest`,
     repoints `latest` in the models folder at it. For a NextVersion, the version is chosen under
@@ -139,7 +142,8 @@ def export_model(
     adds what else the export holds (the report plots): it appears with the model, in the same rename.
     `author` and `license` go into model.tflite's metadata (`model_card`), with the model's name and version.
     With quantized variants among `formats`, model.json's `variants` gives each TFLite file's size and,
-    with `score` (a model's flatbuffer -> its test accuracy), its accuracy.
+    with `score` (a model's flatbuffer -> its test accuracy), its accuracy; tflite_int8 is calibrated on
+    and checked against what `calibration` returns (preprocessed training and held-out images).
     """
     versioned = output_dir if isinstance(output_dir, NextVersion) else None
     locked = versioned.model_root if versioned else Path(output_dir)
@@ -156,7 +160,7 @@ def export_model(
             card = model_card(info, name, version, author, license)
             written, shared = _write_models(staging, backbone, head, info, formats, feature_model, card)
             details = {**info.details, SHARED_BACKBONE: shared.to_json()} if shared else info.details
-            variants = _write_variants(staging, info, formats, card, score)
+            variants = _write_variants(staging, info, formats, card, score, calibration)
             if variants:
                 written.update({name: entry["file"] for name, entry in variants.items() if name != "tflite"})
                 details = {**details, "variants": variants}
@@ -268,23 +272,32 @@ def _write_variants(
     formats: Collection[str],
     card: ModelCard,
     score: Callable[[bytes], float | None] | None,
+    calibration: Callable[[], tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] | None,
 ) -> dict[str, dict]:
     """The quantized copies of model.tflite that `formats` ask for, each with the same metadata; returns
-    model.json's `variants` (model.tflite first): file, bytes, size against model.tflite, test accuracy."""
+    model.json's `variants` (model.tflite first): file, bytes, size against model.tflite, how it was
+    quantized, test accuracy."""
     asked = [name for name in VARIANTS if name in formats]
     if not asked:
         return {}
     model = (folder / TFLITE_FILE).read_bytes()
     variants = {"tflite": {"file": TFLITE_FILE, "bytes": len(model), "test_accuracy": score(model) if score else None}}
+    images, check = calibration() if calibration else ((), ())
     for name in asked:
-        data = add_metadata(quantize(model, name), card, info.input_spec, info.labels)
+        quantized = quantize(model, name, images, check)
+        data = add_metadata(quantized.model, card, info.input_spec, info.labels)
         (folder / VARIANTS[name]).write_bytes(data)
         variants[name] = {
             "file": VARIANTS[name],
             "bytes": len(data),
             "size_of_tflite": round(len(data) / len(model), 3),
+            "quantization": quantized.method,
             "test_accuracy": score(data) if score else None,
+            "top1_agreement_with_tflite": quantized.agreement,
+            "agreement_images": len(check),
         }
+        if name == "tflite_int8":
+            variants[name]["calibration_images"] = len(images)
     return variants
 
 

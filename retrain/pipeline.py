@@ -61,8 +61,9 @@ from retrain.extract import DECODE_MEMORY_BYTES, DEFAULT_BATCH_SIZE, ExtractionS
 from retrain.feature_models import ConversionError, cached_feature_model
 from retrain.files import read_regular_file
 from retrain.heads import Head, fit_prototypes
-from retrain.images import SPLITS, ImageSet, discover, limit_training
+from retrain.images import SPLITS, Example, ImageSet, discover, limit_training
 from retrain.paths import check_writable, user_cache_dir
+from retrain.quantize import CALIBRATION_IMAGES, CHECK_IMAGES
 from retrain.runtimes import FeatureRuntime, open_runtime
 from retrain.train import EvalRecord, HParams, accuracy_and_cross_entropy, initial_softmax_head, train_head
 from serve.budget import DecodeBudget
@@ -240,7 +241,8 @@ def run(config: RetrainConfig) -> RunResult:
         backbone=backbone.cache_id,
         details=_details(config, image_set, trained, evaluation, started),
     )
-    exported = _export(config, output_dir, backbone, trained, evaluation, info, bottleneck_dir, started)
+    calibration = _quantization_images(image_set, info.input_spec)
+    exported = _export(config, output_dir, backbone, trained, evaluation, info, bottleneck_dir, started, calibration)
     return RunResult(exported, evaluation.accuracy, evaluation.count, trained.extraction, trained.head, evaluation)
 
 
@@ -262,6 +264,7 @@ def _export(
     info: ModelInfo,
     bottleneck_dir: Path,
     started: float,
+    calibration: Callable[[], tuple[list[np.ndarray], list[np.ndarray]]],
 ) -> Path:
     """The export, with the report plots drawn into it before it appears, and the copies the flags ask
     for taken from it then too (under its lock: after, another run's export may already replace it)."""
@@ -295,6 +298,7 @@ def _export(
         author=config.model_author,
         license=config.model_license,
         score=_test_scorer(evaluation, info.input_spec),
+        calibration=calibration,
     )
     export_seconds = time.monotonic() - export_started - plot_seconds
     report.exported(exported, export_seconds, plot_seconds, time.monotonic() - started)
@@ -322,6 +326,33 @@ def _test_scorer(evaluation: Evaluation, spec: InputSpec) -> Callable[[bytes], f
         return right / len(evaluation.paths)
 
     return score
+
+
+def _quantization_images(
+    image_set: ImageSet, spec: InputSpec
+) -> Callable[[], tuple[list[np.ndarray], list[np.ndarray]]]:
+    """What an int8 export is made with: up to CALIBRATION_IMAGES training images, which set the
+    activations' ranges, and up to CHECK_IMAGES validation and test images, on which it must agree
+    with the float model; each taken evenly along its sorted split (so every class is in it),
+    preprocessed as served. Unreadable ones are left out (training skipped them too)."""
+
+    def images() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        held_out = [*image_set.splits["validation"], *image_set.splits["testing"]]
+        return _spread(image_set.splits["training"], CALIBRATION_IMAGES, spec), _spread(held_out, CHECK_IMAGES, spec)
+
+    return images
+
+
+def _spread(examples: list[Example], count: int, spec: InputSpec) -> list[np.ndarray]:
+    chosen = sorted(examples, key=lambda example: example.relpath)
+    chosen = chosen[:: max(1, len(chosen) // count)][:count]
+    pixels = []
+    for example in chosen:
+        try:
+            pixels.append(preprocess(read_regular_file(example.path), spec)[None])
+        except (OSError, ValueError):
+            continue
+    return pixels
 
 
 def _architectures(config: RetrainConfig, image_set: ImageSet) -> list[str]:

@@ -259,4 +259,5 @@ def variants(entries: dict[str, dict]) -> None:
         )
         accuracy = entry.get("test_accuracy")
         scored = f"; test accuracy {accuracy * 100:.1f}%" if accuracy is not None else ""
-        _say(f"  {entry['file']:<20} {size}{scored}")
+        method = f" ({entry['quantization']})" if "quantization" in entry else ""
+        _say(f"  {entry['file']:<20} {size}{scored}{method}")

@@ -38,8 +38,8 @@ class TFLiteGraph:
 
     @classmethod
     def unpack(cls, data: bytes) -> TFLiteGraph:
-        """An existing model (a feature model), to add operators to."""
-        return cls(schema.ModelT.InitFromPackedBuf(bytearray(data), 0))
+        """An existing model (a feature model, a quantized classifier), to add operators to."""
+        return cls(unpack_model(data))
 
     def tensor(
         self,
@@ -98,6 +98,17 @@ class TFLiteGraph:
         code.version = 1
         self.model.operatorCodes.append(code)
         return len(self.model.operatorCodes) - 1
+
+
+def unpack_model(data: bytes) -> schema.ModelT:
+    """The model's object tree, with every buffer's bytes inside it: a writer may keep large buffers
+    after the flatbuffer, at an offset (AI Edge Quantizer does), which packing again would lose."""
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for buffer in model.buffers or []:
+        if buffer.offset > 1:
+            buffer.data = np.frombuffer(data[buffer.offset : buffer.offset + buffer.size], np.uint8)
+            buffer.offset = buffer.size = 0
+    return model
 
 
 def operator_count(data: bytes) -> int:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import flatbuffers
 from ai_edge_litert import schema_py_generated as schema
 
+from retrain.tflite_graph import unpack_model
 from serve.preprocess import InputSpec
 
 METADATA_NAME = "TFLITE_METADATA"
@@ -74,11 +75,7 @@ def add_metadata(
     The model's operators, tensors and buffers are unchanged, so what it computes is too."""
     if len(model) < 8 or model[4:8] != TFLITE_IDENTIFIER:
         raise ValueError("not a TFLite model (no TFL3 identifier)")
-    tree = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    for buffer in tree.buffers:
-        if buffer.offset > 1:  # data kept after the flatbuffer (as AI Edge Quantizer writes it): inline it
-            buffer.data = bytearray(model[buffer.offset : buffer.offset + buffer.size])
-            buffer.offset = buffer.size = 0
+    tree = unpack_model(model)
     if len(tree.subgraphs) != 1 or len(tree.subgraphs[0].inputs) != 1 or len(tree.subgraphs[0].outputs) != 1:
         raise ValueError("metadata is written for a model with one subgraph, one input and one output")
     image = image or TensorCard(
