@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from serve.preprocess import PREPROCESSING_VERSION, InputSpec
+from serve.preprocess import PREPROCESSING_VERSION, SUPPORTED_PREPROCESSING, InputSpec
 from serve.text import is_printable, printable
 
 FORMAT_VERSION = 1
@@ -89,11 +89,12 @@ class ModelInfo:
     @classmethod
     def from_json(cls, data: dict) -> ModelInfo:
         typed = {"format_version", "backbone", "labels", "input", "files"}
+        version = int(data["input"].get("preprocessing_version", 1))  # exports before the key: version 1
         return cls(
             labels=[str(label) for label in data["labels"]],
-            input_spec=InputSpec.from_json(data["input"]),
+            input_spec=replace(InputSpec.from_json(data["input"]), preprocessing=version),
             backbone=str(data["backbone"]),
-            preprocessing_version=int(data["input"].get("preprocessing_version", 1)),
+            preprocessing_version=version,
             details={k: v for k, v in data.items() if k not in typed},
             files=dict(data.get("files") or {"tflite": TFLITE_FILE, "labels": LABELS_TXT}),
         )
@@ -116,9 +117,10 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
         raise ModelDirError(f"{path} is unreadable or malformed: {e}") from e
     if data.get("format_version") != FORMAT_VERSION:
         raise ModelDirError(f"{path} has format_version {data.get('format_version')}, expected {FORMAT_VERSION}")
-    if info.preprocessing_version != PREPROCESSING_VERSION:
+    if info.preprocessing_version not in SUPPORTED_PREPROCESSING:
         raise ModelDirError(
-            f"{path} needs preprocessing version {info.preprocessing_version}; this serve has {PREPROCESSING_VERSION}"
+            f"{path} needs preprocessing version {info.preprocessing_version}, which this serve does not know "
+            f"(it knows {', '.join(map(str, SUPPORTED_PREPROCESSING))}): serve it with the retrain that made it"
         )
     if len(info.labels) < 2:
         raise ModelDirError(f"{path} lists fewer than two labels")

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 # Bump when the steps below change: it is part of every bottleneck cache key.
 PREPROCESSING_VERSION = 2  # 1: central 87.5% square, bicubic; 2: the whole image, MediaPipe's bilinear
+SUPPORTED_PREPROCESSING = (1, 2)  # serve still answers for exports made with version 1
+LEGACY_CENTRAL_FRACTION = 0.875  # version 1's crop
 
 # Sample positions are rounded to 1/32 of a pixel, as OpenCV's warps (MediaPipe's CPU path) do.
 SUBPIXEL = 32
@@ -64,6 +66,7 @@ class InputSpec:
     width: int
     mean: float
     std: float
+    preprocessing: int = PREPROCESSING_VERSION  # an export's own, from its model.json (1 for older ones)
 
     def to_json(self) -> dict:
         return {"height": self.height, "width": self.width, "mean": self.mean, "std": self.std}
@@ -134,8 +137,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_for_model(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """The whole image stretched to the spec's size (`resize_float`), rounded: uint8 (height, width, 3)."""
+    """The whole image stretched to the spec's size (`resize_float`), rounded: uint8 (height, width, 3).
+    For an export made with preprocessing version 1, that version's steps instead (`legacy_resize`)."""
+    if spec.preprocessing == 1:
+        return legacy_resize(image, spec)
     return round_pixels(resize_float(image, spec))
+
+
+def legacy_resize(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """Preprocessing version 1, kept so that exports trained with it are served as they were trained:
+    the central square 87.5% of the shorter side wide, resized bicubically per channel in float,
+    rounded once. (Version 1 also decoded large JPEGs in Pillow's draft mode; that is not repeated,
+    which moves a pixel by a level or so on photos over twice the input size.)"""
+    side = max(1, int(LEGACY_CENTRAL_FRACTION * min(image.width, image.height)))
+    left, top = (image.width - side + 1) // 2, (image.height - side + 1) // 2
+    square = image.crop((left, top, left + side, top + side))
+    size, bicubic = (spec.width, spec.height), Image.Resampling.BICUBIC
+    channels = [np.asarray(band.convert("F").resize(size, bicubic)) for band in square.split()]
+    return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
 
 
 def round_pixels(values: np.ndarray) -> np.ndarray:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from serve.model_info import ModelDirError, ModelInfo, read_model_info
 from serve.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -149,3 +152,29 @@ def test_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.Monke
         preprocess(_encode(Image.new("L", (100, 100))), SPEC)
     with pytest.raises(ImageTooLargeError, match="more than 50"):
         preprocess(_encode(Image.new("L", (10, 10))), SPEC, max_pixels=50)
+
+
+def test_exports_of_preprocessing_version_1_are_still_served_with_its_steps(tmp_path) -> None:
+    """Version 1 (before MediaPipe's contract): the central square, 87.5% of the shorter side, bicubic.
+    A frame painted outside that square changes nothing there, and everything in version 2."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (160, 200, 3), dtype=np.uint8)
+    framed = pixels.copy()
+    framed[:10], framed[-10:], framed[:, :30], framed[:, -30:] = 255, 255, 255, 255  # the square is 140 wide
+    legacy = InputSpec(32, 32, 127.0, 128.0, preprocessing=1)
+    plain, painted = (preprocess(_encode(Image.fromarray(p)), legacy) for p in (pixels, framed))
+    np.testing.assert_array_equal(plain, painted)
+    assert not np.array_equal(
+        preprocess(_encode(Image.fromarray(pixels)), SPEC), preprocess(_encode(Image.fromarray(framed)), SPEC)
+    )
+
+    labels = ["a", "b"]
+    for version, expected in ((1, 1), (2, 2)):
+        info = ModelInfo(labels, replace(SPEC, preprocessing=version), "lite0", preprocessing_version=version)
+        info.write(tmp_path)
+        assert read_model_info(tmp_path).input_spec.preprocessing == expected
+    data = json.loads((tmp_path / "model.json").read_text())
+    data["input"]["preprocessing_version"] = 3
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelDirError, match="preprocessing version 3, which this serve does not know"):
+        read_model_info(tmp_path)

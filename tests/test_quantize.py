@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments.photos import write_patterns, write_real_crops
 from retrain.quantize import FULL_INTEGER, VARIANTS, quantize
 from serve.preprocess import preprocess
 from serve.runtime import Runner, load_model
 
-from .conftest import DIGITS
+from .conftest import DIGITS, REPO
 from .test_mediapipe import classifier, mediapipe_image
 from .test_tflite_metadata import packed_files, read_metadata
 
@@ -174,3 +175,19 @@ def test_int8_keeps_the_accuracy_on_non_square_photos(write, tmp_path: Path) -> 
     method = json.loads((export / "model.json").read_text())["variants"]["tflite_int8"]["quantization"]
     print(f"{len(files)} photos: {accuracy}, int8 made with {method}")
     assert abs(accuracy["model_int8.tflite"] - accuracy["model.tflite"]) * 100 <= INT8_POINTS
+
+
+def test_the_readmes_python_snippet_runs_on_model_int8(quantized, tmp_path: Path, monkeypatch, capsys) -> None:
+    """README, "Device snippets": its Python block, as written, in a folder holding model_int8.tflite
+    and a photo.jpg (a digit): it prints the digit's folder name first."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Device snippets: MediaPipe Tasks") :]
+    snippet = section[section.index("```python\n") + len("```python\n") :]
+    snippet = snippet[: snippet.index("```")]
+    export, _ = quantized
+    (tmp_path / "model_int8.tflite").write_bytes((export / "model_int8.tflite").read_bytes())
+    Image.open(DIGITS / "7" / "digit_0007.png").convert("RGB").save(tmp_path / "photo.jpg", quality=95)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})  # the README's own code, as written
+    ranked = capsys.readouterr().out.strip()
+    assert ranked.startswith("[('7', "), ranked

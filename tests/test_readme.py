@@ -44,7 +44,12 @@ from scripts.check_console_scripts import problems
 from . import netns
 from .conftest import REPO, debian_tool
 
-SECTIONS = ("Install without make", "The `retrain` command", "Serving: the `serve` command")
+SECTIONS = (
+    "Install without make",
+    "The `retrain` command",
+    "Serving: the `serve` command",
+    "Use the model on a device",
+)
 NOT_HERE = ("needs the internet", "needs a GPU", "needs a Ray cluster", "needs a container engine")
 THIS_SUITE = "make test"
 SCORE_TOLERANCE = 0.01
