@@ -54,6 +54,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/variants.py
 
 # After changing a dependency in pyproject.toml: install it, then pin everything again.
 constraints: $(TEST_STAMP)
