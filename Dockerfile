@@ -57,6 +57,19 @@ ENTRYPOINT ["retrain"]
 CMD ["--help"]
 
 
+# The page's "Run in this browser" needs MediaPipe Tasks for Web from npm: the version
+# serve/web/device/package-lock.json pins, vendored by the script `make` runs, in a stage of its own;
+# only the files the page loads (6.7 MB, gzip-compressed) go on, into serve's package.
+FROM base AS web-vendor
+# Debian's Node.js as its security updates leave it: it only runs `npm ci`, which checks the package's integrity.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends nodejs npm
+COPY scripts/vendor_web.py scripts/
+COPY serve/web/device serve/web/device/
+RUN python scripts/vendor_web.py
+
+
 # serve's environment is built here and copied alone into the final stage, without pip. The
 # `jobs` extra is what the job API's child (`python -m retrain.job`) needs beyond serving: the
 # EfficientNet-Lite0 and Lite2 weights, from which retrain writes their feature models in numpy.
@@ -68,6 +81,7 @@ RUN python -m venv /opt/venv \
 COPY README.md ./
 COPY retrain ./retrain
 COPY serve ./serve
+COPY --from=web-vendor /src/serve/web/vendor ./serve/web/vendor
 COPY scripts/check_console_scripts.py ./
 # Serving needs LiteRT's CPU interpreter only: its WebGPU accelerator, vendor NPU plugins and
 # model tools (31 MB) go, as do pip and setuptools. tests/test_container_runs.py serves every

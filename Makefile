@@ -37,10 +37,16 @@ $(TEST_STAMP): $(INSTALL_INPUTS)
 	$(call install,$(TEST_EXTRAS))
 	touch $(DEMO_STAMP) $@
 
+# The page's "Run in this browser": MediaPipe Tasks for Web vendored from npm (needs Node.js's npm).
+WEB_VENDOR := serve/web/vendor/tasks-vision/package.json
+
+$(WEB_VENDOR): serve/web/device/package.json serve/web/device/package-lock.json scripts/vendor_web.py
+	$(PYTHON) scripts/vendor_web.py
+
 demo: $(DEMO_STAMP)
 	$(BIN)/retrain --image_dir image_dirs/digits
 
-test: $(TEST_STAMP) lint
+test: $(TEST_STAMP) $(WEB_VENDOR) lint
 	$(BIN)/pytest
 
 lint: $(TEST_STAMP)
@@ -61,4 +67,4 @@ constraints: $(TEST_STAMP)
 	$(BIN)/python scripts/update_constraints.py
 
 clean:
-	rm -rf $(VENV) models .pytest_cache
+	rm -rf $(VENV) models .pytest_cache serve/web/vendor

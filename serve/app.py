@@ -80,6 +80,7 @@ class ServeSettings:
     cors_origins: tuple[str, ...] = ()  # origins whose pages may read the answers; none by default
     retry_after_seconds: int = 5  # told to clients while no model is loaded yet
     max_job_upload_bytes: int = 1024 * 2**20  # a job's zip (spooled to disk, not held in memory)
+    variant: str = "tflite"  # which TFLite file of each export runs (--variant), and goes to a browser
 
 
 class ClientGoneError(Exception):
@@ -413,7 +414,7 @@ def create_app(
 
     for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # monitors that probe with HEAD
         app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
-    app.include_router(page_routes(manager))
+    app.include_router(page_routes(manager, settings.variant))
     app.include_router(job_routes(jobs, job_settings))
     app.include_router(docs_routes(app.title))
     return app

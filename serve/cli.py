@@ -290,6 +290,7 @@ def _run_server(**options) -> None:
         cors_origins=_names(options["cors_origins"]),
         retry_after_seconds=math.ceil(options["poll_seconds"]) or 5,  # the next look for an export
         max_job_upload_bytes=options["max_job_upload_mb"] * 2**20,
+        variant=options["variant"],
     )
     jobs, job_settings = _jobs(options, catalog, manager)
     try:

@@ -7,11 +7,15 @@
     GET /model?model=&version=   one version's card: labels, backbone, when it was trained, test
                                  accuracy, report plots (the only model's highest version by default)
     GET /model/plots/{name}      a report plot of that version: only the names in REPORT_PLOTS
+    GET /v1/models/{name}[/versions/{v}]/model.tflite, /web/vendor/tasks-vision/...
+                                 for its "Run in this browser" switch (serve.device)
 
 The page asks `POST /predict?model=&version=` like any API client (the version left out for the
 default) and fetches `/models` and `/model` again after each answer and when its picker is opened,
 so a new model or version shows up without reloading the page. While serve waits for its first
 model, /model answers 503 and the page says so and asks again.
+With "Run in this browser" on, device.js classifies the images in the page instead, with MediaPipe
+Tasks for Web and the chosen version's model.tflite: nothing is uploaded.
 Its Train view is a client of the job API (serve/jobs/routes.py) like curl: it zips the images in the
 browser, sends the admin token it keeps in the tab's sessionStorage, and follows the job's events.
 """
@@ -27,6 +31,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from serve.api_schema import errors
+from serve.device import device_routes
 from serve.model_info import REPORT_PLOTS
 from serve.models.manager import ModelManager, ModelNotFoundError, NoModelError
 from serve.text import printable
@@ -35,6 +40,7 @@ ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "train.js": "text/javascript; charset=utf-8",
+    "device.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 NO_CACHE = {"cache-control": "no-cache"}  # a browser revalidates, so an upgraded serve shows its new page
@@ -76,7 +82,7 @@ class ModelSummary(BaseModel):
     plots: list[Plot]
 
 
-def page_routes(manager: ModelManager) -> APIRouter:
+def page_routes(manager: ModelManager, variant: str = "tflite") -> APIRouter:
     """Routes for the page and its model panel; the assets are read once, so a broken install fails at start."""
     web = resources.files("serve").joinpath("web")
     assets = {name: web.joinpath(name).read_bytes() for name in ASSETS}
@@ -158,6 +164,7 @@ def page_routes(manager: ModelManager) -> APIRouter:
             raise HTTPException(404, f"this model has no report plot {name!r}")
         return FileResponse(path, media_type="image/png", headers=NO_CACHE)
 
+    router.include_router(device_routes(manager, variant))
     return router
 
 

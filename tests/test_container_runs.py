@@ -170,8 +170,9 @@ def test_serve_image_is_small_and_holds_no_tensorflow_or_pip(engine: Engine, ima
     assert result.stdout.strip() == "[]"
     venv = engine("run", "--rm", "--entrypoint", "du", "serve", "-s", "--block-size=1", "/opt/venv").stdout
     # 149.4 MiB for serving alone; the `jobs` extra (training in this container) adds EfficientNet-Lite0's
-    # and Lite2's ImageNet weights, 18.0 + 23.5 MiB: 191.2 MiB measured (2026-12-07), the line a little above.
-    assert int(venv.split()[0]) < 195 * 2**20, f"serve's environment grew to {int(venv.split()[0]) / 2**20:.0f} MiB"
+    # and Lite2's ImageNet weights, 18.0 + 23.5 MiB: 191.2 MiB measured (2026-12-07); the page's in-browser
+    # runtime (MediaPipe Tasks for Web, gzip-compressed) 6.7 MB more: 197.7 MiB measured, the line a little above.
+    assert int(venv.split()[0]) < 200 * 2**20, f"serve's environment grew to {int(venv.split()[0]) / 2**20:.0f} MiB"
 
 
 def test_retrain_in_the_serve_image_says_what_it_lacks(engine: Engine, images) -> None:

@@ -24,7 +24,7 @@ from retrain.quantize import FULL_INTEGER, VARIANTS, quantize
 from serve.preprocess import preprocess
 from serve.runtime import Runner, load_model
 
-from .conftest import DIGITS, REPO
+from .conftest import DIGITS, REPO, start_server
 from .test_mediapipe import classifier, mediapipe_image
 from .test_tflite_metadata import packed_files, read_metadata
 
@@ -191,3 +191,16 @@ def test_the_readmes_python_snippet_runs_on_model_int8(quantized, tmp_path: Path
     exec(compile(snippet, "README.md", "exec"), {})  # the README's own code, as written
     ranked = capsys.readouterr().out.strip()
     assert ranked.startswith("[('7', "), ranked
+
+
+def test_a_server_of_a_variant_hands_that_file_to_a_browser(quantized, tmp_path: Path) -> None:
+    """The page's "Run in this browser" fetches the model file the server runs, so both answer alike."""
+    export, _ = quantized
+    running = start_server(export, tmp_path / "server.log", "--variant", "tflite_int8")
+    try:
+        with running.client() as client:
+            answer = client.get("/v1/models/retrained/model.tflite")
+    finally:
+        running.stop()
+    assert answer.status_code == 200 and answer.headers["x-model-file"] == "model_int8.tflite"
+    assert answer.content == (export / "model_int8.tflite").read_bytes()

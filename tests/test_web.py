@@ -420,7 +420,7 @@ def test_the_page_and_its_assets_have_their_content_types_and_no_external_urls(i
         assert re.findall(r"https?://\S*", response.text) == [], path
     page = get(in_process.app, "/").text
     assert re.findall(r'(?:src|href)="([^"]+)"', page) == [
-        "data:,", "/web/style.css", "/web/app.js", "/web/train.js", "/docs"
+        "data:,", "/web/style.css", "/web/app.js", "/web/train.js", "/web/device.js", "/docs"
     ]  # fmt: skip
     for view in ("predict", "train"):
         assert f'role="tab" id="tab-{view}" aria-controls="view-{view}"' in page

@@ -239,7 +239,7 @@ function addImages(files) {
   const cards = images.map(card);
   $("results").prepend(...cards);
   $("results-bar").hidden = false;
-  const target = { ...choice }; // images go to what was chosen when they were added
+  const target = { ...choice, here: runsHere() }; // images go to what was chosen when they were added
   images.forEach((file, index) => waiting.push([file, cards[index], target]));
   pending += images.length;
   showProgress();
@@ -269,7 +269,7 @@ async function next() {
   const [file, item, target] = waiting.shift();
   running += 1;
   try {
-    await ask(file, item, target);
+    await (target.here ? classifyHere(file, item, target) : ask(file, item, target)); // device.js, or the server
   } finally {
     running -= 1;
     pending -= 1;
@@ -328,12 +328,14 @@ function showError(item, message, detail = "") {
   if (detail) item.querySelector(".card-body").append(element("p", { class: "detail" }, detail));
 }
 
-function showRanks(item, predictions, spec, gone) {
+// `here`: classified in this browser (device.js), not by the server.
+function showRanks(item, predictions, spec, gone, here = false) {
   item.dataset.state = "done";
+  item.dataset.answeredIn = here ? "browser" : "server";
   const name = item.dataset.filename;
   const list = element("ol", { class: "ranks", "aria-label": `Labels for ${name}, most likely first` });
   for (const { label, score } of predictions) {
-    const row = element("li", { "data-label": label });
+    const row = element("li", { "data-label": label, "data-score": String(score) });
     const bar = element("div", {
       class: "bar",
       role: "meter",
@@ -354,7 +356,8 @@ function showRanks(item, predictions, spec, gone) {
     item.dataset.model = spec.name;
     item.dataset.version = String(spec.version);
     const note = gone ? ` (version ${gone} was no longer served)` : "";
-    list.after(element("p", { class: "answered-by" }, `Answered by ${spec.name}, version ${spec.version}${note}`));
+    const where = here ? "in this browser " : "";
+    list.after(element("p", { class: "answered-by" }, `Answered ${where}by ${spec.name}, version ${spec.version}${note}`));
   }
 }
 
