@@ -38,12 +38,13 @@ def digit(label: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def models(digits_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """models/low/1, models/high/1, models/low/2: three retrain runs on the demo's cache and feature set."""
+    """models/low/1, models/high/1, models/low/2: three retrain runs on the demo's cache, network and feature set."""
     from retrain.pipeline import RetrainConfig, run
     from retrain.train import HParams
 
     result, _, root = digits_run
-    features = json.loads((result.output_dir / "model.json").read_text())["bottlenecks"]["features"]
+    demo = json.loads((result.output_dir / "model.json").read_text())
+    features, network = demo["bottlenecks"]["features"], demo["backbone"].split("@")[0]
     folder = tmp_path_factory.mktemp("model_server")
     for name, labels in (("low", LOW), ("high", HIGH), ("low", LOW)):
         images = folder / "images" / name
@@ -53,6 +54,7 @@ def models(digits_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
             image_dir=str(images),
             models_dir=str(folder / "models"),
             bottleneck_dir=str(root / "cache"),
+            architecture=network,  # with 20 images a class auto would also score Lite2, and may pick it
             bottleneck_layers=features,
             hparams=HParams(how_many_training_steps=200),
         )
