@@ -267,8 +267,10 @@ class CachedVectors:
         from retrain.backbones import load_backbone
         from retrain.backbones.taps import columns_of, feature_sets, joint_taps, tap_caches, tapped
         from retrain.cache import bottleneck_cache
+        from retrain.extract import DECODE_MEMORY_BYTES
         from retrain.images import discover
         from retrain.runtimes import open_runtime
+        from serve.budget import DecodeBudget
 
         self.image_set = discover(str(folder), validation_percentage, 10)
         self.limit = (fraction, per_class)
@@ -277,7 +279,9 @@ class CachedVectors:
         joint = tapped(network, joint_taps(list(sets.values())))
         runtime = partial(open_runtime, joint, cache, "auto")
         store = bottleneck_cache(cache, tap_caches(joint))
-        splits, _, _ = pipeline._bottlenecks(self.image_set, joint, store, 32, runtime)
+        splits, _, _ = pipeline._bottlenecks(
+            self.image_set, joint, store, 32, runtime, DecodeBudget(DECODE_MEMORY_BYTES)
+        )
         self.sets = {name: columns_of(joint, taps) for name, taps in sets.items()}
         training = splits["training"]
         self.row_of = {path: row for row, path in enumerate(training.paths)}

@@ -164,14 +164,16 @@ def _vectors(folder: Path, cache: Path, joint: tuple) -> _Vectors:
     from retrain.backbones import load_backbone
     from retrain.backbones.taps import tap_caches, tapped
     from retrain.cache import bottleneck_cache
+    from retrain.extract import DECODE_MEMORY_BYTES
     from retrain.images import discover
     from retrain.runtimes import open_runtime
+    from serve.budget import DecodeBudget
 
     image_set = discover(str(folder), 10, 10)
     backbone = tapped(load_backbone(), joint)
     runtime = partial(open_runtime, backbone, cache, "auto")
     store = bottleneck_cache(cache, tap_caches(backbone))
-    splits, _, _ = pipeline._bottlenecks(image_set, backbone, store, 32, runtime)
+    splits, _, _ = pipeline._bottlenecks(image_set, backbone, store, 32, runtime, DecodeBudget(DECODE_MEMORY_BYTES))
     return _Vectors(image_set, backbone, splits)
 
 

@@ -110,6 +110,16 @@ def final_and_middle_unless_beaten(names: list[str], right: Scores, entropy: Sco
     return pick(candidates, right, [name for name in names if name.endswith(" final+middle")])[0]
 
 
+def final_unless_beaten(names: list[str], right: Scores, entropy: Scores) -> str:
+    """The same rule with the final layer preferred (asked again under preprocessing version 2,
+    docs/decisions.md #49): the most accurate final candidate unless another is ahead by more than
+    one standard error."""
+    from retrain.choice import Candidate, pick
+
+    candidates = [Candidate(name, 0, right[name].mean(), entropy[name].mean()) for name in names]
+    return pick(candidates, right, [name for name in names if name.endswith(" final")])[0]
+
+
 def fixed(name: str) -> Rule:
     return lambda names, right, entropy: name
 
@@ -125,6 +135,8 @@ RULES: dict[str, tuple[list[str], Rule]] = {
     "final+middle of each, most accurate": (SIX[:2], most_accurate),
     "Lite0's three, final+middle unless beaten by one standard error": (LITE0, final_and_middle_unless_beaten),
     "all six, final+middle unless beaten by one standard error": (SIX, final_and_middle_unless_beaten),
+    "Lite0's three, final unless beaten by one standard error": (LITE0, final_unless_beaten),
+    "all six, final unless beaten by one standard error": (SIX, final_unless_beaten),
     "all six, lowest cross entropy": (SIX, lowest_cross_entropy),
     "Lite2 final+middle, always": (SIX, fixed("Lite2 final+middle")),
 }
