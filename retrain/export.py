@@ -24,7 +24,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +66,7 @@ class Exported:
 
     path: Path
     files: list[str]  # names, a folder's with a trailing "/"
+    variants: dict[str, dict] = field(default_factory=dict)  # model.json's `variants`: each TFLite file
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def export_model(
             raise
         if update_latest:
             point_latest_at(target, versioned.models_dir if versioned else target.parent)
-    return Exported(target, files)
+    return Exported(target, files, variants)
 
 
 @contextmanager

@@ -70,7 +70,6 @@ from serve.budget import DecodeBudget
 from serve.model_info import (
     CONFUSION_MATRIX_PNG,
     LABELS_TXT,
-    MODEL_JSON,
     SAVED_MODEL_DIR,
     TRAINING_CURVES_PNG,
     ModelInfo,
@@ -302,9 +301,8 @@ def _export(
     )
     export_seconds = time.monotonic() - export_started - plot_seconds
     report.exported(exported, export_seconds, plot_seconds, time.monotonic() - started)
-    variants = json.loads((exported.path / MODEL_JSON).read_text()).get("variants")
-    if variants:
-        report.variants(variants)
+    if exported.variants:
+        report.variants(exported.variants)
     return exported.path
 
 
